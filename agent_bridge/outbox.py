@@ -1,0 +1,54 @@
+"""Where a turn's replies go: straight to the client, or through speech first."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.keys import Stage
+from shared.messages import Modality, MsgType, Reply, SpeakIn, SpeakKind, User
+from shared.redis_io import fence_of, is_fenced, publish_reply
+
+
+class TurnFenced(Exception):
+    """The turn was cancelled elsewhere (barge-in, a newer input): stop producing for it."""
+
+
+class Outbox:
+    """Publishes one turn's output, refusing once the turn is fenced.
+
+    In an audio turn, replies are queued for the TTS stage, which speaks them and releases
+    each message to the client in order, holding later ones while earlier ones are spoken.
+    """
+
+    def __init__(self, r: Redis, sid: str, turn: int, modality: Modality) -> None:
+        self.r, self.sid, self.turn, self.modality = r, sid, turn, modality
+
+    async def check(self) -> None:
+        if is_fenced(self.turn, await fence_of(self.r, self.sid)):
+            raise TurnFenced()
+
+    async def direct(self, reply: Reply) -> None:
+        """Control signals: never held behind speech."""
+        await publish_reply(self.r, self.sid, reply)
+
+    async def say(self, text: str) -> None:
+        """Agent text: shown, and spoken in an audio turn."""
+        await self._emit(text, MsgType.AUDIO, speak=True)
+
+    async def widget(self, payload: str) -> None:
+        await self._emit(payload, MsgType.WIDGET, speak=False)
+
+    async def _emit(self, content: str, type_: MsgType, *, speak: bool) -> None:
+        await self.check()
+        if self.modality == Modality.AUDIO:
+            entry = SpeakIn(kind=SpeakKind.SPEAK, turn=self.turn, text=content if speak else "",
+                            user=User.AGENT, type=type_, content=content)
+            await self.r.xadd(keys.stage_input(self.sid, Stage.TTS_BRIDGE), entry.encode())
+        else:
+            await publish_reply(self.r, self.sid, Reply(turn=self.turn, user=User.AGENT,
+                                                        type=type_, content=content))
+
+    async def cancel_speech(self) -> None:
+        await self.r.xadd(keys.stage_input(self.sid, Stage.TTS_BRIDGE),
+                          SpeakIn(kind=SpeakKind.CANCEL, turn=self.turn).encode())

@@ -1,0 +1,132 @@
+"""One agent turn: call the agent, turn its events into replies, always close the turn."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Histogram
+from redis.asyncio import Redis
+
+from agent_bridge.agent_client import AgentClient, AgentUnavailable
+from agent_bridge.outbox import Outbox, TurnFenced
+from shared import keys
+from shared.config import Settings
+from shared.messages import (
+    AGENT_ERROR_REPLY,
+    GUARDRAILS_REFUSAL,
+    SLOW_AGENT_NOTICE,
+    AgentInput,
+    Modality,
+    Signal,
+    User,
+    signal,
+)
+from shared.redis_io import (
+    append_history,
+    load_agent_session,
+    recent_history,
+    store_agent_session,
+)
+
+log = structlog.get_logger(__name__)
+
+TURNS = Counter("xrx_agent_turns_total", "Agent turns by outcome", ["outcome"])
+FIRST_OUTPUT = Histogram("xrx_agent_first_output_seconds", "Agent call to first output")
+
+REPLY_NODES = frozenset({"CustomerResponse", "TaskDescriptionResponse"})
+WIDGET_NODE = "Widget"
+NODE, OUTPUT, SESSION, MESSAGES, GUARDRAILS, ERROR = (
+    "node", "output", "session", "messages", "guardrails", "error")
+
+
+class Turn:
+    def __init__(self, r: Redis, settings: Settings, agent: AgentClient, sid: str,
+                 entry: AgentInput) -> None:
+        self.r, self.settings, self.agent, self.sid, self.entry = r, settings, agent, sid, entry
+        self.out = Outbox(r, sid, entry.turn, entry.modality)
+        self.task_id = ""
+        self._produced = asyncio.Event()
+
+    async def run(self) -> None:
+        """Run to completion; cancellation (a newer input, barge-in) aborts the agent call."""
+        outcome = "completed"
+        await self.out.direct(signal(self.entry.turn, Signal.STARTED_THINKING))
+        watchdog = asyncio.create_task(self._slow_notice())
+        try:
+            await self._call_agent()
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except TurnFenced:
+            outcome = "fenced"
+        except AgentUnavailable as err:
+            outcome = "agent_error"
+            log.warning("agent call failed", error=str(err), turn=self.entry.turn)
+            await self._say_unless_fenced(AGENT_ERROR_REPLY)
+        finally:
+            watchdog.cancel()
+            if outcome in ("cancelled", "fenced"):
+                await asyncio.shield(self._abandon())
+            await asyncio.shield(self.out.direct(signal(self.entry.turn, Signal.ENDED_THINKING)))
+            TURNS.labels(outcome).inc()
+
+    async def _abandon(self) -> None:
+        await self.agent.cancel(self.task_id)
+        if self.entry.modality == Modality.AUDIO:
+            await self.out.cancel_speech()
+        await self.out.direct(signal(0, Signal.CLEAR_AUDIO_BUFFER, User.SYSTEM))
+
+    async def _call_agent(self) -> None:
+        history = await recent_history(self.r, self.sid, self.settings.MAX_AGENT_MESSAGES)
+        session = await load_agent_session(self.r, self.sid)
+        new_messages: list[dict[str, Any]] = []
+        spoken: list[str] = []
+        started = time.monotonic()
+        async with self.agent.run(history, session, self.entry.action) as stream:
+            self.task_id = stream.task_id
+            if self.task_id:
+                await self.r.hset(keys.session_record(self.sid), keys.RECORD_AGENT_TASK,
+                                  self.task_id)
+            async for event in stream.events():
+                if not self._produced.is_set():
+                    FIRST_OUTPUT.observe(time.monotonic() - started)
+                self._produced.set()
+                if isinstance(event.get(SESSION), dict):
+                    await store_agent_session(self.r, self.sid, event[SESSION])
+                if isinstance(event.get(MESSAGES), list):
+                    new_messages = event[MESSAGES]
+                if GUARDRAILS in event:
+                    log.info("guardrails refused the input", rules=event[GUARDRAILS])
+                    await self.out.say(GUARDRAILS_REFUSAL)
+                    return
+                if ERROR in event:
+                    raise AgentUnavailable(f"agent reported an error: {event[ERROR]}")
+                node, output = event.get(NODE), event.get(OUTPUT)
+                if node in REPLY_NODES and output:
+                    await self.out.say(str(output))
+                    spoken.append(str(output))
+                elif node == WIDGET_NODE and output:
+                    await self.out.widget(output if isinstance(output, str)
+                                          else json.dumps(output))
+        if not new_messages and spoken:
+            new_messages = [{"role": "assistant", "content": " ".join(spoken)}]
+        await append_history(self.r, self.sid, *new_messages)
+
+    async def _slow_notice(self) -> None:
+        delay = self.settings.AGENT_SLOW_NOTICE_MS / 1000
+        if delay <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._produced.wait(), timeout=delay)
+        except TimeoutError:
+            await self._say_unless_fenced(SLOW_AGENT_NOTICE)
+
+    async def _say_unless_fenced(self, text: str) -> None:
+        try:
+            await self.out.say(text)
+        except TurnFenced:
+            pass

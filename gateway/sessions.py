@@ -1,0 +1,54 @@
+"""A client session's life in Redis: opened on connect, kept alive, closed on disconnect."""
+
+from __future__ import annotations
+
+import time
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.keys import Stage
+from shared.messages import AgentInput, AudioIn, Entry, InputKind, SpeakIn, SpeakKind, UtteranceIn
+from shared.ownership import offer_session
+
+# Long enough for every stage to read the close marker and finish, short enough to bound memory.
+CLOSED_KEYS_TTL_S = 30
+
+_CLOSE_MARKERS: dict[Stage, Entry] = {
+    Stage.AGENT_BRIDGE: AgentInput(kind=InputKind.CLOSE),
+    Stage.VAD: AudioIn(close=True),
+    Stage.STT_BRIDGE: UtteranceIn(close=True),
+    Stage.TTS_BRIDGE: SpeakIn(kind=SpeakKind.CLOSE),
+}
+
+
+async def open_session(r: Redis, sid: str, gateway_id: str, ttl_s: int) -> None:
+    record = keys.session_record(sid)
+    async with r.pipeline(transaction=True) as p:
+        p.hset(record, mapping={keys.RECORD_STATUS: "open",
+                                keys.RECORD_GATEWAY: gateway_id,
+                                keys.RECORD_OPENED_AT: str(time.time())})
+        p.expire(record, ttl_s)
+        await p.execute()
+    for stage in Stage:
+        await offer_session(r, stage, sid)
+
+
+async def refresh_sessions(r: Redis, sids: list[str], ttl_s: int) -> None:
+    if not sids:
+        return
+    async with r.pipeline(transaction=False) as p:
+        for sid in sids:
+            p.expire(keys.session_record(sid), ttl_s)
+        await p.execute()
+
+
+async def close_session(r: Redis, sid: str) -> None:
+    """Tell every stage the session is over, then let its keys expire."""
+    async with r.pipeline(transaction=False) as p:
+        p.delete(keys.session_record(sid))
+        for stage, marker in _CLOSE_MARKERS.items():
+            p.xadd(keys.stage_input(sid, stage), marker.encode())
+        for key in keys.session_keys(sid):
+            p.expire(key, CLOSED_KEYS_TTL_S)
+        await p.execute()

@@ -1,0 +1,3 @@
+from services.guardrails.app import run
+
+run()

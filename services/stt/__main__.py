@@ -1,0 +1,3 @@
+from services.stt.server import run
+
+run()

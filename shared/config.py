@@ -1,0 +1,144 @@
+"""Settings read from the environment, with the xRx seed's names and the original's defaults.
+
+Every process calls :func:`load_settings` once at start-up; a bad value stops it with a
+message naming the variable, rather than failing later in the middle of a conversation.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_API_KEY = "123456"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    # --- client-facing -----------------------------------------------------------------
+    API_KEY: str = Field(DEFAULT_API_KEY, min_length=1)
+    GATEWAY_HOST: str = "0.0.0.0"
+    GATEWAY_PORT: int = Field(8000, ge=0, le=65535)
+    INITIAL_RESPONSE: str = ""
+    MAX_FRAME_BYTES: int = Field(1_048_576, ge=1024)
+    SESSION_TTL_S: int = Field(60, ge=5)
+
+    # --- Redis -------------------------------------------------------------------------
+    REDIS_URL: str = ""
+    REDIS_HOST: str = "localhost"
+    REDIS_PORT: int = Field(6379, ge=1, le=65535)
+
+    # --- agent -------------------------------------------------------------------------
+    AGENT_HOST: str = "localhost"
+    AGENT_PORT: int = Field(8003, ge=1, le=65535)
+    AGENT_PATH: str = "/run-reasoning-agent"
+    AGENT_CANCEL_PATH: str = "/cancel-reasoning-agent"
+    GUARDRAILS_AGENT_HOST: str = ""
+    GUARDRAILS_AGENT_PORT: int = Field(8004, ge=1, le=65535)
+    AGENT_WAIT_MS: int = Field(100, ge=0)
+    AGENT_TIMEOUT_S: float = Field(60.0, gt=0)
+    AGENT_SLOW_NOTICE_MS: int = Field(5000, ge=0)
+    MAX_AGENT_MESSAGES: int = Field(20, ge=1)
+    LLM_BASE_URL: str = ""
+    LLM_MODEL: str = "llama3.2"
+    LLM_API_KEY: str = ""
+    GUARDRAILS_DENY: str = ""
+
+    # --- audio / STT -------------------------------------------------------------------
+    SAMPLE_RATE: int = Field(16000)
+    STT_WAIT_MS: int = Field(250, ge=32)
+    STT_HOST: str = "localhost"
+    STT_PORT: int = Field(8001, ge=1, le=65535)
+    STT_PATH: str = "/api/v1/ws"
+    STT_PROVIDER: str = "faster_whisper"
+    STT_MODEL: str = "tiny.en"
+    STT_TIMEOUT_S: float = Field(30.0, gt=0)
+    VAD_THRESHOLD: float = Field(0.5, gt=0, lt=1)
+    VAD_MIN_SPEECH_MS: int = Field(250, ge=0)
+    VAD_PREROLL_MS: int = Field(300, ge=0)
+    VAD_MAX_UTTERANCE_MS: int = Field(15000, ge=1000)
+    BARGE_IN_MIN_MS: int = Field(250, ge=0)
+
+    # --- TTS ---------------------------------------------------------------------------
+    TTS_HOST: str = "localhost"
+    TTS_PORT: int = Field(8002, ge=1, le=65535)
+    TTS_PATH: str = "/api/v1/ws"
+    TTS_PROVIDER: str = "piper"
+    TTS_SAMPLE_RATE: int = Field(16000, ge=8000, le=48000)
+    TTS_CHUNK_MS: int = Field(100, ge=10, le=1000)
+    TTS_CACHE_DIR: str = ""
+
+    # --- process -----------------------------------------------------------------------
+    LOG_FORMAT: Literal["auto", "json", "console"] = "auto"
+    LOG_LEVEL: str = "INFO"
+    HEALTH_PORT: int = Field(-1, ge=-1, le=65535)
+    WORKER_ID: str = ""
+    LEASE_MS: int = Field(10000, ge=500)
+
+    @field_validator("SAMPLE_RATE")
+    @classmethod
+    def _only_16k(cls, v: int) -> int:
+        if v != 16000:
+            raise ValueError("only 16000 Hz input is supported (Silero VAD and Whisper use 16 kHz)")
+        return v
+
+    @field_validator("AGENT_PATH", "AGENT_CANCEL_PATH", "STT_PATH", "TTS_PATH")
+    @classmethod
+    def _leading_slash(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> Settings:
+        if self.REDIS_URL and not self.REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return self
+
+    @property
+    def redis_url(self) -> str:
+        return self.REDIS_URL or f"redis://{self.REDIS_HOST}:{self.REDIS_PORT}/0"
+
+    @property
+    def agent_base_url(self) -> str:
+        """Where agent calls go: through the guardrails proxy when one is configured."""
+        if self.GUARDRAILS_AGENT_HOST:
+            return f"http://{self.GUARDRAILS_AGENT_HOST}:{self.GUARDRAILS_AGENT_PORT}"
+        return f"http://{self.AGENT_HOST}:{self.AGENT_PORT}"
+
+    @property
+    def stt_url(self) -> str:
+        return f"ws://{self.STT_HOST}:{self.STT_PORT}{self.STT_PATH}"
+
+    @property
+    def tts_url(self) -> str:
+        return f"ws://{self.TTS_HOST}:{self.TTS_PORT}{self.TTS_PATH}"
+
+    @property
+    def guardrails_deny_list(self) -> list[str]:
+        return [w.strip().lower() for w in self.GUARDRAILS_DENY.split(",") if w.strip()]
+
+
+class ConfigError(SystemExit):
+    """Raised with a readable message when the environment holds a bad setting."""
+
+
+def _describe(err: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for e in err.errors():
+        name = ".".join(str(p) for p in e["loc"]) or "settings"
+        lines.append(f"  {name}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as err:
+        print(_describe(err), file=sys.stderr)
+        raise ConfigError(2) from None

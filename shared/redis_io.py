@@ -1,0 +1,145 @@
+"""Redis connection helpers and the few atomic operations every stage shares."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from shared import keys
+from shared.messages import Reply
+
+log = structlog.get_logger(__name__)
+
+# Errors after which the same call can succeed once Redis is back.
+TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, OSError)
+
+REPLY_MAXLEN = 5000
+
+
+def connect(url: str, *, name: str = "xrx") -> Redis:
+    """A client that retries transient failures with exponential backoff."""
+    return Redis.from_url(
+        url,
+        decode_responses=False,
+        client_name=name,
+        health_check_interval=15,
+        socket_connect_timeout=3,
+        socket_keepalive=True,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[rexc.ConnectionError, rexc.TimeoutError],
+    )
+
+
+@asynccontextmanager
+async def redis_client(url: str, *, name: str = "xrx") -> AsyncIterator[Redis]:
+    client = connect(url, name=name)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def ping(r: Redis) -> bool:
+    try:
+        return bool(await r.ping())
+    except TRANSIENT:
+        return False
+
+
+class Backoff:
+    """Sleeps growing from ``base`` to ``cap`` seconds; ``reset`` after a success."""
+
+    def __init__(self, base: float = 0.1, cap: float = 2.0) -> None:
+        self.base, self.cap, self._next = base, cap, base
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self._next)
+        self._next = min(self.cap, self._next * 2)
+
+    def reset(self) -> None:
+        self._next = self.base
+
+
+async def ensure_group(r: Redis, stream: str, group: str) -> None:
+    try:
+        await r.xgroup_create(stream, group, id="0", mkstream=True)
+    except rexc.ResponseError as err:
+        if "BUSYGROUP" not in str(err):
+            raise
+
+
+# --- turns and fencing -------------------------------------------------------------------
+
+# A new input starts turn N and kills every earlier turn (fence = N).
+_BEGIN_TURN = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], n)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return n
+"""
+
+# Barge-in kills the turn in flight without starting one: the next input gets counter + 1.
+_KILL_TURNS = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+redis.call('SET', KEYS[2], n + 1)
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return n
+"""
+
+STATE_TTL_S = 24 * 3600
+
+
+async def begin_turn(r: Redis, sid: str) -> int:
+    n = await r.eval(_BEGIN_TURN, 2, keys.turn_counter(sid), keys.fence(sid), STATE_TTL_S)
+    return int(n)
+
+
+async def kill_turns(r: Redis, sid: str) -> int:
+    """Fence every turn started so far; return the last turn killed (0 when none)."""
+    n = await r.eval(_KILL_TURNS, 2, keys.turn_counter(sid), keys.fence(sid), STATE_TTL_S)
+    return int(n)
+
+
+async def fence_of(r: Redis, sid: str) -> int:
+    raw = await r.get(keys.fence(sid))
+    return int(raw) if raw else 0
+
+
+def is_fenced(turn: int, fence: int) -> bool:
+    return turn != 0 and turn < fence
+
+
+async def publish_reply(r: Redis, sid: str, reply: Reply) -> bytes:
+    return await r.xadd(keys.reply(sid), reply.encode(), maxlen=REPLY_MAXLEN, approximate=True)
+
+
+# --- per-session conversation state ------------------------------------------------------
+
+
+async def append_history(r: Redis, sid: str, *messages: dict[str, Any]) -> None:
+    if messages:
+        await r.rpush(keys.history(sid), *(json.dumps(m) for m in messages))
+
+
+async def recent_history(r: Redis, sid: str, limit: int) -> list[dict[str, Any]]:
+    raw = await r.lrange(keys.history(sid), -limit, -1)
+    return [json.loads(m) for m in raw]
+
+
+async def load_agent_session(r: Redis, sid: str) -> dict[str, Any]:
+    raw = await r.get(keys.agent_session(sid))
+    return json.loads(raw) if raw else {"guid": sid}
+
+
+async def store_agent_session(r: Redis, sid: str, session: dict[str, Any]) -> None:
+    await r.set(keys.agent_session(sid), json.dumps(session))

@@ -1,0 +1,66 @@
+"""Process wrapper of a stage worker: settings, logging, health endpoints, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import structlog
+from redis.asyncio import Redis
+
+from shared.config import Settings, load_settings
+from shared.health import serve_health
+from shared.keys import Stage
+from shared.logs import configure_logging
+from shared.ownership import HandlerFactory, StageWorker
+from shared.redis_io import connect, ping
+
+log = structlog.get_logger(__name__)
+
+Setup = Callable[[Settings, Redis], AbstractAsyncContextManager[HandlerFactory]]
+
+DEFAULT_HEALTH_PORTS = {Stage.AGENT_BRIDGE: 9101, Stage.VAD: 9102, Stage.STT_BRIDGE: 9103,
+                        Stage.TTS_BRIDGE: 9104}
+
+
+def consumer_name(settings: Settings) -> str:
+    return settings.WORKER_ID or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def run_stage_worker(stage: Stage, process: str, setup: Setup) -> None:
+    settings = load_settings()
+    configure_logging(settings, process)
+    asyncio.run(_serve(stage, settings, setup))
+
+
+async def _serve(stage: Stage, settings: Settings, setup: Setup) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    r = connect(settings.redis_url, name=process_name(stage))
+    consumer = consumer_name(settings)
+    async with setup(settings, r) as factory:
+        worker = StageWorker(r, stage, consumer, factory, lease_ms=settings.LEASE_MS)
+
+        async def ready() -> bool:
+            return worker.ready and await ping(r)
+
+        port = settings.HEALTH_PORT if settings.HEALTH_PORT >= 0 else DEFAULT_HEALTH_PORTS[stage]
+        health = await serve_health(port, ready)
+        log.info("worker started", stage=stage.value, consumer=consumer)
+        try:
+            await worker.run(stop)
+        finally:
+            if health is not None:
+                health.cancel()
+            log.info("worker stopped", stage=stage.value)
+    await r.aclose()
+
+
+def process_name(stage: Stage) -> str:
+    return stage.value.replace("_", "-")

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.harness import Proc, RedisServer, free_port, wait_ready
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@dataclass
+class TextSystem:
+    """Gateway, two agent-bridge replicas, guardrails proxy and demo agent, as processes."""
+
+    redis: RedisServer
+    db: int
+    env: dict[str, str]
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    @property
+    def gateway_port(self) -> int:
+        return int(self.env["GATEWAY_PORT"])
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis.port}/{self.db}"
+
+    def start(self, name: str, command: str, port: int | None = None,
+              **extra: str) -> Proc:
+        health = free_port()
+        env = {**self.env, "HEALTH_PORT": str(health), "WORKER_ID": name, **extra}
+        proc = Proc(command, env, name=name)
+        proc.start(wait_for_port=port if port is not None else health)
+        self.procs[name] = proc
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.terminate()
+
+
+def make_env(redis: RedisServer, db: int, **overrides: str) -> dict[str, str]:
+    env = {
+        "REDIS_URL": f"redis://127.0.0.1:{redis.port}/{db}",
+        "AGENT_HOST": "127.0.0.1",
+        "AGENT_PORT": str(free_port()),
+        "GUARDRAILS_AGENT_HOST": "127.0.0.1",
+        "GUARDRAILS_AGENT_PORT": str(free_port()),
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(free_port()),
+        "AGENT_SLOW_NOTICE_MS": "1000",
+        "LEASE_MS": "3000",
+        "MAX_FRAME_BYTES": "65536",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="module")
+def text_system(redis_server: RedisServer) -> Iterator[TextSystem]:
+    system = TextSystem(redis_server, 1, make_env(redis_server, 1))
+    try:
+        system.start("demo-agent", "demo-agent", int(system.env["AGENT_PORT"]))
+        system.start("guardrails", "guardrails", int(system.env["GUARDRAILS_AGENT_PORT"]))
+        system.start("bridge-a", "agent-bridge")
+        system.start("bridge-b", "agent-bridge")
+        system.start("gateway", "gateway", system.gateway_port)
+        wait_ready(f"http://127.0.0.1:{system.gateway_port}/readyz")
+        yield system
+    finally:
+        system.stop_all()

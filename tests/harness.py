@@ -1,0 +1,200 @@
+"""Real processes for the tests: a private redis-server and the project's own commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_DIR = Path(os.environ.get("XRX_TEST_LOGS", tempfile.gettempdir())) / "xrx-test-logs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+class RedisServer:
+    """A private redis-server on a free port, which a test may kill and restart."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="xrx-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        assert exe, "redis-server is not installed (.ci/run installs it)"
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir], stdout=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Proc:
+    """One `xrx <command>` process with its own environment and log file."""
+
+    def __init__(self, command: str, env: dict[str, str], name: str | None = None) -> None:
+        self.command, self.name = command, name or command
+        self.env = {**os.environ, "LOG_FORMAT": "json", "HF_HUB_OFFLINE": "1", **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f"{self.name}-{os.getpid()}-{time.time_ns()}.log"
+
+    def start(self, wait_for_port: int | None = None, timeout: float = 60.0) -> Proc:
+        log = open(self.log_path, "wb")  # the process keeps it open
+        self.proc = subprocess.Popen([sys.executable, "-m", "shared.cli", self.command],
+                                     env=self.env, cwd=ROOT, stdout=log, stderr=log)
+        if wait_for_port is not None:
+            try:
+                wait_port(wait_for_port, timeout)
+            except TimeoutError:
+                raise RuntimeError(f"{self.name} did not start:\n{self.logs()}") from None
+        return self
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def terminate(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_ready(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+# --- a client --------------------------------------------------------------------------
+
+Message = dict[str, Any] | bytes
+
+
+class Client:
+    """A real WebSocket client that records everything the server sends."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.received: list[Message] = []
+
+    @classmethod
+    async def connect(cls, port: int, key: str | None = "123456", *, query: bool = False,
+                      **kwargs: Any) -> Client:
+        url = f"ws://127.0.0.1:{port}/api/v1/ws"
+        headers = {}
+        if key is not None and query:
+            url += f"?api_key={key}"
+        elif key is not None:
+            headers["x-api-key"] = key
+        ws = await websockets.connect(url, additional_headers=headers, max_size=None, **kwargs)
+        return cls(ws)
+
+    async def send_json(self, obj: Any) -> None:
+        await self.ws.send(json.dumps(obj))
+
+    async def say(self, text: str) -> None:
+        await self.send_json({"type": "text", "content": text})
+
+    async def next(self, timeout: float = 20.0) -> Message:
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        msg: Message = raw if isinstance(raw, bytes) else json.loads(raw)
+        self.received.append(msg)
+        return msg
+
+    async def until(self, pred: Callable[[Message], bool], timeout: float = 30.0) -> list[Message]:
+        """Receive until a message matches; return everything received on the way."""
+        got: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no matching message in {timeout}s; got {summary(got)}")
+            msg = await self.next(left)
+            got.append(msg)
+            if pred(msg):
+                return got
+
+    async def drain(self, seconds: float) -> list[Message]:
+        """Everything that arrives within ``seconds``."""
+        got: list[Message] = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                got.append(await self.next(left))
+            except TimeoutError:
+                break
+        return got
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def is_signal(content: str) -> Callable[[Message], bool]:
+    return lambda m: isinstance(m, dict) and m.get("content") == content
+
+
+def texts(messages: list[Message], user: str = "agent") -> list[str]:
+    return [m["content"] for m in messages
+            if isinstance(m, dict) and m.get("user") == user and m.get("type") in ("audio", "text")]
+
+
+def summary(messages: list[Message]) -> list[Any]:
+    return [f"<{len(m)} bytes>" if isinstance(m, bytes) else m for m in messages]

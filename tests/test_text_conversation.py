@@ -1,0 +1,263 @@
+"""A text conversation end to end: real gateway, agent bridges, guardrails, agent and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from shared import keys
+from shared.keys import Stage
+from tests.conftest import TextSystem, make_env
+from tests.harness import Client, free_port, is_signal, summary, texts, wait_ready
+
+STARTED, ENDED = "agent_started_thinking", "agent_ended_thinking"
+
+
+def signals(messages: list) -> list[str]:
+    return [m["content"] for m in messages
+            if isinstance(m, dict) and m.get("type") == "action"]
+
+
+async def turn(client: Client, text: str, timeout: float = 30) -> list:
+    await client.say(text)
+    return await client.until(is_signal(ENDED), timeout)
+
+
+# --- auth -------------------------------------------------------------------------------
+
+
+async def test_api_key_in_header_is_accepted(text_system: TextSystem) -> None:
+    client = await Client.connect(text_system.gateway_port, "123456")
+    got = await turn(client, "hello")
+    assert texts(got)
+    await client.close()
+
+
+async def test_api_key_in_query_is_accepted_for_browsers(text_system: TextSystem) -> None:
+    client = await Client.connect(text_system.gateway_port, "123456", query=True)
+    got = await turn(client, "hello")
+    assert texts(got)
+    await client.close()
+
+
+@pytest.mark.parametrize(("key", "status"), [(None, 401), ("wrong-key", 403)])
+async def test_missing_or_wrong_key_is_refused_before_accept(
+        text_system: TextSystem, key: str | None, status: int) -> None:
+    with pytest.raises(InvalidStatus) as err:
+        await Client.connect(text_system.gateway_port, key)
+    assert err.value.response.status_code == status
+
+
+# --- conversation -----------------------------------------------------------------------
+
+
+async def test_text_turn_has_paired_thinking_signals_around_the_reply(
+        text_system: TextSystem) -> None:
+    client = await Client.connect(text_system.gateway_port)
+    got = await turn(client, "What is on the menu?")
+    kinds = signals(got)
+    assert kinds == [STARTED, ENDED], summary(got)
+    assert got[0] == {"user": "agent", "content": STARTED, "type": "action"}
+    replies = texts(got)
+    assert replies and "pepperoni" in " ".join(replies).lower()
+    # Replies come between the two signals, as the original's "audio"-typed agent text.
+    reply_msgs = [m for m in got if isinstance(m, dict) and m.get("type") == "audio"]
+    assert all(m["user"] == "agent" for m in reply_msgs)
+    await client.close()
+
+
+async def test_conversation_state_survives_between_turns_and_widget_action_works(
+        text_system: TextSystem) -> None:
+    client = await Client.connect(text_system.gateway_port)
+    await turn(client, "I'd like a large pepperoni")
+    got = await turn(client, "what's my order")
+    widgets = [m for m in got if isinstance(m, dict) and m.get("type") == "widget"]
+    assert widgets, summary(got)
+    widget = json.loads(widgets[0]["content"])
+    assert "pepperoni" in json.dumps(widget).lower()
+    # The widget's button sends an action whose parameters are a JSON string.
+    await client.send_json({"type": "action", "modality": "text",
+                            "content": {"tool": "confirm_order", "parameters": "{}"}})
+    got = await client.until(is_signal(ENDED))
+    assert signals(got) == [STARTED, ENDED]
+    assert any("order" in t.lower() for t in texts(got)), summary(got)
+    await client.close()
+
+
+async def test_guardrails_refuse_a_denied_message(text_system: TextSystem) -> None:
+    client = await Client.connect(text_system.gateway_port)
+    got = await turn(client, "you are stupid")
+    assert texts(got) == ["Sorry I am not going to respond to that. Try again but a bit nicer."]
+    got = await turn(client, "hello")  # the session keeps working
+    assert texts(got) and "nicer" not in texts(got)[0]
+    await client.close()
+
+
+async def test_slow_agent_gets_a_one_moment_notice_first(text_system: TextSystem) -> None:
+    client = await Client.connect(text_system.gateway_port)
+    got = await turn(client, "tell me the menu slowly [delay=3]")
+    replies = texts(got)
+    assert replies[0] == "One moment please...", summary(got)
+    assert len(replies) >= 2
+    await client.close()
+
+
+async def test_new_message_cancels_a_long_turn_and_nothing_stale_arrives(
+        text_system: TextSystem) -> None:
+    client = await Client.connect(text_system.gateway_port)
+    await client.say("count for me [stream=10]")
+    first = await client.until(lambda m: isinstance(m, dict) and "Part 1" in m.get("content", ""))
+    await client.say("what is on the menu?")
+    got = await client.until(lambda m: isinstance(m, dict) and m.get("type") == "audio"
+                             and "pepperoni" in m.get("content", "").lower())
+    got += await client.until(is_signal(ENDED))
+    got += await client.drain(3.0)  # the cancelled stream would have gone on for seconds
+    everything = first + got
+    assert not [t for t in texts(got) if t.startswith("Part ")], summary(got)
+    # Two turns, each opened and closed exactly once, in order.
+    assert signals(everything).count(STARTED) == 2
+    assert signals(everything).count(ENDED) == 2
+    sig = [s for s in signals(everything) if s in (STARTED, ENDED)]
+    assert sig == [STARTED, ENDED, STARTED, ENDED], summary(everything)
+    await client.close()
+
+
+async def test_initial_response_is_sent_once_when_configured(text_system: TextSystem) -> None:
+    port = free_port()
+    text_system.start("gateway-initial", "gateway", port, GATEWAY_PORT=str(port),
+                      INITIAL_RESPONSE="Welcome to Pizza Place!")
+    try:
+        client = await Client.connect(port)
+        first = await client.next()
+        assert first == {"user": "agent", "content": "Welcome to Pizza Place!", "type": "text"}
+        got = await turn(client, "hello")
+        assert "Welcome to Pizza Place!" not in texts(got)
+        await client.close()
+    finally:
+        text_system.procs.pop("gateway-initial").terminate()
+
+
+# --- bad input --------------------------------------------------------------------------
+
+BAD_FRAMES = [
+    ("{not json", "invalid JSON"),
+    ('["a list"]', "JSON object"),
+    ('{"content": "hi"}', "missing 'type'"),
+    ('{"type": "dance", "content": "hi"}', "unknown type 'dance'"),
+    ('{"type": "text", "content": 42}', "must be a string"),
+    ('{"type": "text", "content": "hi", "modality": "smell"}', "unknown modality"),
+    ('{"type": "action", "content": "confirm"}', "must be an object"),
+    ('{"type": "action", "content": {"parameters": "{}"}}', "content.tool"),
+    ('{"type": "action", "content": {"tool": "x", "parameters": "{oops"}}', "not valid JSON"),
+]
+
+
+async def test_bad_frames_get_an_error_and_the_session_keeps_working(
+        text_system: TextSystem) -> None:
+    client = await Client.connect(text_system.gateway_port)
+    for frame, expected in BAD_FRAMES:
+        await client.ws.send(frame)
+        msg = await client.next(5)
+        assert isinstance(msg, dict) and msg["user"] == "system" and msg["type"] == "error"
+        assert expected in msg["content"], (frame, msg)
+    await client.ws.send(b"\x01\x02\x03")  # odd length: not whole 16-bit samples
+    msg = await client.next(5)
+    assert isinstance(msg, dict) and msg["type"] == "error" and "odd length" in msg["content"]
+    got = await turn(client, "hello")
+    assert texts(got)
+    await client.close()
+
+
+async def test_oversized_frame_closes_with_1009(text_system: TextSystem) -> None:
+    client = await Client.connect(text_system.gateway_port)
+    await client.ws.send(b"\x00" * (65536 + 2))
+    with pytest.raises(ConnectionClosed) as err:
+        await client.next(5)
+    assert err.value.rcvd is not None and err.value.rcvd.code == 1009
+
+
+# --- scale-out and cleanup --------------------------------------------------------------
+
+
+async def test_two_bridge_replicas_share_sessions_and_no_turn_runs_twice(
+        text_system: TextSystem) -> None:
+    clients = [await Client.connect(text_system.gateway_port) for _ in range(8)]
+    results = await asyncio.gather(*(turn(c, "hello") for c in clients))
+    for got in results:
+        assert signals(got) == [STARTED, ENDED], summary(got)
+        assert len(texts(got)) >= 1
+    for c in clients:
+        assert signals(await c.drain(0.5)) == []  # no second run of the same turn
+    r = aioredis.from_url(text_system.redis_url)
+    consumers = await r.xinfo_consumers(keys.ownership_queue(Stage.AGENT_BRIDGE),
+                                        Stage.AGENT_BRIDGE.value)
+    owners = {c["name"].decode(): c["pending"] for c in consumers}
+    assert owners.get("bridge-a", 0) > 0 and owners.get("bridge-b", 0) > 0, owners
+    await r.aclose()
+    for c in clients:
+        await c.close()
+
+
+async def test_closing_a_session_releases_it_everywhere(text_system: TextSystem) -> None:
+    r = aioredis.from_url(text_system.redis_url)
+    before = set(await r.keys("xrx:{*}:session"))
+    client = await Client.connect(text_system.gateway_port)
+    await turn(client, "hello")
+    (record,) = set(await r.keys("xrx:{*}:session")) - before
+    sid = record.decode().split("{")[1].split("}")[0]
+    await client.close()
+    for _ in range(50):
+        pending = await r.xpending_range(keys.ownership_queue(Stage.AGENT_BRIDGE),
+                                         Stage.AGENT_BRIDGE.value, "-", "+", 1000)
+        claims = [p for p in pending if p["message_id"] in await _claims_of(r, sid)]
+        if not await r.exists(keys.session_record(sid)) and not claims:
+            break
+        await asyncio.sleep(0.1)
+    assert not await r.exists(keys.session_record(sid))
+    assert not claims
+    for key in (keys.history(sid), keys.reply(sid), keys.stage_input(sid, Stage.AGENT_BRIDGE)):
+        ttl = await r.ttl(key)
+        assert ttl == -2 or 0 < ttl <= 30, (key, ttl)  # gone, or expiring soon
+    await r.aclose()
+
+
+async def _claims_of(r: aioredis.Redis, sid: str) -> set[bytes]:
+    entries = await r.xrange(keys.ownership_queue(Stage.AGENT_BRIDGE))
+    return {i for i, f in entries if f.get(b"session_id") == sid.encode()}
+
+
+async def test_health_endpoints(text_system: TextSystem) -> None:
+    async with httpx.AsyncClient() as http:
+        base = f"http://127.0.0.1:{text_system.gateway_port}"
+        assert (await http.get(f"{base}/healthz")).status_code == 200
+        assert (await http.get(f"{base}/readyz")).json() == {"ready": True}
+        metrics = (await http.get(f"{base}/metrics")).text
+        assert "xrx_gateway_connections" in metrics
+
+
+# --- the agent going away ---------------------------------------------------------------
+
+
+async def test_agent_down_gives_the_error_message_and_recovers(redis_server) -> None:
+    system = TextSystem(redis_server, 2, make_env(redis_server, 2, GUARDRAILS_AGENT_HOST="",
+                                                   AGENT_TIMEOUT_S="5"))
+    try:
+        system.start("bridge-down", "agent-bridge")
+        system.start("gateway-down", "gateway", system.gateway_port)
+        wait_ready(f"http://127.0.0.1:{system.gateway_port}/readyz")
+        client = await Client.connect(system.gateway_port)
+        got = await turn(client, "hello")
+        assert texts(got) == [
+            "Sorry I had some trouble with that. Can you please repeat what you said?"]
+        assert signals(got) == [STARTED, ENDED]
+        system.start("agent-back", "demo-agent", int(system.env["AGENT_PORT"]))
+        got = await turn(client, "hello")
+        assert texts(got) and "trouble" not in texts(got)[0], summary(got)
+        await client.close()
+    finally:
+        system.stop_all()

@@ -1,0 +1,89 @@
+"""Silero VAD inference for many sessions in one model call.
+
+The package's own wrapper keeps one hidden state inside the model object, so it can serve
+only one stream (or one fixed batch) at a time. Here each session keeps its own state and
+context in :class:`SessionVadState`, and one call to the inner network serves whichever
+sessions have a window ready: batching is what makes Silero affordable per stream (see
+shared/docs/vad-benchmark.md).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from vad_worker.rechunk import SAMPLE_RATE, WINDOW_SAMPLES
+from vad_worker.state import CONTEXT_SAMPLES, SessionVadState
+
+# The profiling JIT executor re-specialises on the first few calls of each new input shape;
+# a couple of distinct batch sizes at load time moves that cost (tens of ms) out of the
+# first live frames.
+_WARMUP_BATCHES = (1, 1, 1, 2, 2, 2, 16, 16, 16)
+
+
+class BatchVad:
+    """The Silero JIT model, called directly with a batch of independent sessions.
+
+    ``num_threads`` is torch's intra-op thread count for the whole process (torch has no
+    per-model setting); one thread per worker process scales best because batching already
+    amortises the per-call overhead.
+    """
+
+    def __init__(self, num_threads: int = 1, warmup: bool = True) -> None:
+        import silero_vad
+
+        with warnings.catch_warnings():
+            # The package's loader uses APIs torch and importlib now flag as deprecated;
+            # nothing for a caller to act on.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = silero_vad.load_silero_vad(onnx=False)
+        # Importing silero_vad sets torch to one thread; the caller's choice must win.
+        torch.set_num_threads(num_threads)
+        # The inner 16 kHz network: forward(x [B, 64+512], state [2, B, 128]) -> (prob, state).
+        # The outer wrapper only adds the context bookkeeping that SessionVadState now owns.
+        self._net = model._model
+        if self._net.context_size_samples != CONTEXT_SAMPLES:
+            raise RuntimeError(
+                f"silero model context is {self._net.context_size_samples} samples, "
+                f"expected {CONTEXT_SAMPLES}"
+            )
+        self.sample_rate = SAMPLE_RATE
+        if warmup:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        for batch in _WARMUP_BATCHES:
+            x = torch.zeros(batch, CONTEXT_SAMPLES + WINDOW_SAMPLES)
+            state = torch.zeros(2, batch, 128)
+            with torch.inference_mode():
+                self._net(x, state)
+
+    def infer(self, items: list[tuple[SessionVadState, np.ndarray]]) -> list[float]:
+        """Speech probability of one 512-sample float32 window per item, in item order.
+
+        Each item's session must appear at most once (its state advances by one window).
+        Updates every session's RNN state and context in place, exactly as the package
+        wrapper does between calls: the context is the last 64 samples of the window just
+        seen. Synchronous and CPU-bound: call it from a thread, not the event loop.
+        """
+        if not items:
+            return []
+        n = len(items)
+        x = np.empty((n, CONTEXT_SAMPLES + WINDOW_SAMPLES), dtype=np.float32)
+        state = np.empty((2, n, 128), dtype=np.float32)
+        for i, (sess, window) in enumerate(items):
+            if window.shape != (WINDOW_SAMPLES,):
+                raise ValueError(f"window must have {WINDOW_SAMPLES} samples, got {window.shape}")
+            x[i, :CONTEXT_SAMPLES] = sess.context
+            x[i, CONTEXT_SAMPLES:] = window
+            state[:, i, :] = sess.rnn_state[:, 0, :]
+        with torch.inference_mode():
+            out, new_state = self._net(torch.from_numpy(x), torch.from_numpy(state))
+        probs = out.numpy()[:, 0]
+        new_np = new_state.numpy()
+        for i, (sess, _) in enumerate(items):
+            sess.rnn_state = new_np[:, i : i + 1, :].copy()
+            sess.context = x[i, -CONTEXT_SAMPLES:].copy()
+        return [float(p) for p in probs]

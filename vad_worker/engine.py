@@ -1,0 +1,59 @@
+"""The VAD stage without its transport: frames in, events out, for many sessions at once."""
+
+from __future__ import annotations
+
+from vad_worker.batch_vad import BatchVad
+from vad_worker.events import VadEvent
+from vad_worker.rechunk import pcm_to_float, rechunk
+from vad_worker.segmenter import Segmenter, VadParams
+from vad_worker.state import SessionVadState
+
+
+class VadEngine:
+    """Re-chunks, batches the model across sessions and segments, per call to :meth:`process`.
+
+    Synchronous and CPU-bound (the model runs inside): an asyncio caller should run it in a
+    worker thread. One engine may serve any number of sessions; it keeps no per-session data
+    itself, everything lives in the :class:`SessionVadState` objects passed in.
+    """
+
+    def __init__(self, params: VadParams, model: BatchVad) -> None:
+        self.params = params
+        self.model = model
+        self.segmenter = Segmenter(params)
+
+    def process(self, frames: list[tuple[SessionVadState, bytes]]) -> list[VadEvent]:
+        """Consume new audio (s16le 16 kHz mono) for any number of sessions.
+
+        A session may appear several times; its frames are taken in list order. Batch ``i``
+        holds window ``i`` of every session that has one, so each model call is as wide as
+        possible while each session's windows still go through the model in order.
+        Returns events grouped by session (in order of first appearance), each session's
+        events in stream order.
+        """
+        pending: dict[int, tuple[SessionVadState, list[bytes]]] = {}
+        for st, data in frames:
+            entry = pending.get(id(st))
+            if entry is None:
+                entry = pending[id(st)] = (st, [])
+            windows, st.remainder = rechunk(st.remainder, data)
+            entry[1].extend(windows)
+
+        sessions = list(pending.values())
+        probs: list[list[float]] = [[] for _ in sessions]
+        depth = max((len(w) for _, w in sessions), default=0)
+        for i in range(depth):
+            ready = [k for k, (_, w) in enumerate(sessions) if len(w) > i]
+            out = self.model.infer([(sessions[k][0], pcm_to_float(sessions[k][1][i])) for k in ready])
+            for k, p in zip(ready, out, strict=True):
+                probs[k].append(p)
+
+        events: list[VadEvent] = []
+        for (st, windows), session_probs in zip(sessions, probs, strict=True):
+            for window, p in zip(windows, session_probs, strict=True):
+                events.extend(self.segmenter.feed(st, window, p))
+        return events
+
+    def flush(self, state: SessionVadState) -> list[VadEvent]:
+        """Close the session's open utterance, if any (see :meth:`Segmenter.flush`)."""
+        return self.segmenter.flush(state)

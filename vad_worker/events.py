@@ -1,0 +1,34 @@
+"""What the VAD stage tells the rest of the pipeline about a session's audio."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """The user has been talking long enough to count as barge-in (once per utterance).
+
+    ``at_ms`` is the session's audio position when that became certain: the end of the
+    window that completed ``barge_in_min_ms`` of voice.
+    """
+
+    session_id: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """One segment of speech for STT: s16le mono 16 kHz, pre-roll included.
+
+    ``start_ms``/``end_ms`` bound exactly the audio in ``pcm``, on the session's audio clock
+    (milliseconds of audio received, not wall time).
+    """
+
+    session_id: str
+    pcm: bytes
+    start_ms: int
+    end_ms: int
+
+
+VadEvent = SpeechStarted | Utterance
