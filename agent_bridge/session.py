@@ -80,6 +80,10 @@ class AgentSession:
             await append_history(self.r, self.sid, {"role": "user", "content": entry.content})
         if entry.kind == InputKind.CANCEL:
             return
+        if entry.kind == InputKind.TRANSCRIPT and self.settings.AGENT_WAIT_MS:
+            # The original waits AGENT_WAIT_MS after speech before calling the agent, so a
+            # user who goes on talking supersedes this turn instead of interrupting a reply.
+            await asyncio.sleep(self.settings.AGENT_WAIT_MS / 1000)
         superseded = not self._queue.empty() or is_fenced(entry.turn,
                                                           await fence_of(self.r, self.sid))
         if superseded:

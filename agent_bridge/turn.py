@@ -27,9 +27,11 @@ from shared.messages import (
 )
 from shared.redis_io import (
     append_history,
+    clear_record,
     load_agent_session,
     recent_history,
     store_agent_session,
+    update_record,
 )
 
 log = structlog.get_logger(__name__)
@@ -54,6 +56,7 @@ class Turn:
     async def run(self) -> None:
         """Run to completion; cancellation (a newer input, barge-in) aborts the agent call."""
         outcome = "completed"
+        await update_record(self.r, self.sid, **{keys.RECORD_AGENT_BUSY: self.entry.turn})
         await self.out.direct(signal(self.entry.turn, Signal.STARTED_THINKING))
         watchdog = asyncio.create_task(self._slow_notice())
         try:
@@ -71,8 +74,12 @@ class Turn:
             watchdog.cancel()
             if outcome in ("cancelled", "fenced"):
                 await asyncio.shield(self._abandon())
-            await asyncio.shield(self.out.direct(signal(self.entry.turn, Signal.ENDED_THINKING)))
+            await asyncio.shield(self._close_turn())
             TURNS.labels(outcome).inc()
+
+    async def _close_turn(self) -> None:
+        await clear_record(self.r, self.sid, keys.RECORD_AGENT_BUSY, keys.RECORD_AGENT_TASK)
+        await self.out.direct(signal(self.entry.turn, Signal.ENDED_THINKING))
 
     async def _abandon(self) -> None:
         await self.agent.cancel(self.task_id)
@@ -89,8 +96,7 @@ class Turn:
         async with self.agent.run(history, session, self.entry.action) as stream:
             self.task_id = stream.task_id
             if self.task_id:
-                await self.r.hset(keys.session_record(self.sid), keys.RECORD_AGENT_TASK,
-                                  self.task_id)
+                await update_record(self.r, self.sid, **{keys.RECORD_AGENT_TASK: self.task_id})
             async for event in stream.events():
                 if not self._produced.is_set():
                     FIRST_OUTPUT.observe(time.monotonic() - started)

@@ -123,6 +123,33 @@ async def publish_reply(r: Redis, sid: str, reply: Reply) -> bytes:
     return await r.xadd(keys.reply(sid), reply.encode(), maxlen=REPLY_MAXLEN, approximate=True)
 
 
+# --- the session record -------------------------------------------------------------------
+
+# Workers write to a session's record only while it exists: a write after the gateway closed
+# the session must not bring the record back to life.
+_HSET_IF_OPEN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+async def update_record(r: Redis, sid: str, **fields: str | int) -> bool:
+    args: list[str | int] = []
+    for name, value in fields.items():
+        args += [name, value]
+    return bool(await r.eval(_HSET_IF_OPEN, 1, keys.session_record(sid), *args))
+
+
+async def clear_record(r: Redis, sid: str, *names: str) -> None:
+    await r.hdel(keys.session_record(sid), *names)
+
+
+async def read_record(r: Redis, sid: str) -> dict[str, str]:
+    raw = await r.hgetall(keys.session_record(sid))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
 # --- per-session conversation state ------------------------------------------------------
 
 

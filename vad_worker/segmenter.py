@@ -13,14 +13,11 @@ amount of speech and a maximum utterance length.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from vad_worker.events import SpeechStarted, Utterance, VadEvent
 from vad_worker.rechunk import SAMPLE_BYTES, SAMPLE_RATE, WINDOW_SAMPLES
 from vad_worker.state import SessionVadState
-
-if TYPE_CHECKING:
-    from shared.config import Settings
 
 # Silero's own streaming iterator leaves speech only below threshold - 0.15; the gap keeps
 # a probability hovering around the threshold from toggling the state every window.
@@ -29,6 +26,17 @@ HYSTERESIS = 0.15
 # pauses inside a word are not the end of a run, while a cough followed by a click is two.
 BARGE_IN_MAX_GAP_MS = 64
 _SAMPLES_PER_MS = SAMPLE_RATE // 1000
+
+
+class VadSettings(Protocol):
+    """The part of shared.config.Settings the VAD reads (kept structural to stay decoupled)."""
+
+    VAD_THRESHOLD: float
+    VAD_MIN_SPEECH_MS: int
+    VAD_PREROLL_MS: int
+    STT_WAIT_MS: int
+    VAD_MAX_UTTERANCE_MS: int
+    BARGE_IN_MIN_MS: int
 
 
 def _ms(samples: int) -> int:
@@ -72,7 +80,7 @@ class VadParams:
             raise ValueError("max_utterance_ms must be at least one 32 ms window")
 
     @classmethod
-    def from_settings(cls, s: Settings) -> VadParams:
+    def from_settings(cls, s: VadSettings) -> VadParams:
         return cls(
             threshold=s.VAD_THRESHOLD,
             min_speech_ms=s.VAD_MIN_SPEECH_MS,
@@ -161,7 +169,9 @@ class Segmenter:
         if st.voiced >= self._min_speech and st.voiced > 0:
             start_ms = _ms(st.buf_start)
             events.append(
-                Utterance(st.session_id, pcm, start_ms, _ms(st.buf_start + len(pcm) // SAMPLE_BYTES))
+                Utterance(
+                    st.session_id, pcm, start_ms, _ms(st.buf_start + len(pcm) // SAMPLE_BYTES)
+                )
             )
 
     def _close(self, st: SessionVadState, cut: int, events: list[VadEvent]) -> None:

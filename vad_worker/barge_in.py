@@ -1,0 +1,45 @@
+"""Barge-in: the user talks over the agent, so everything the agent is doing stops."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from prometheus_client import Counter
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.keys import Stage
+from shared.messages import AgentInput, InputKind, Signal, SpeakIn, SpeakKind, User, signal
+from shared.redis_io import kill_turns, publish_reply, read_record
+
+log = structlog.get_logger(__name__)
+
+BARGE_INS = Counter("xrx_barge_ins_total", "Times the user interrupted the agent")
+
+
+def agent_is_active(record: dict[str, str], now_ms: float) -> bool:
+    """Thinking, synthesising, or the client still playing audio it was sent."""
+    if record.get(keys.RECORD_AGENT_BUSY) or record.get(keys.RECORD_TTS_BUSY):
+        return True
+    return float(record.get(keys.RECORD_PLAYBACK_UNTIL, 0)) > now_ms
+
+
+async def barge_in(r: Redis, sid: str) -> bool:
+    """Stop the agent if it is active; return whether it was."""
+    if not agent_is_active(await read_record(r, sid), time.time() * 1000):
+        return False
+    # Fence first: from here on nothing of the interrupted turn reaches the client, whichever
+    # replica produces it and however late.
+    killed = await kill_turns(r, sid)
+    BARGE_INS.inc()
+    log.info("barge-in", session_id=sid, killed_turn=killed)
+    await publish_reply(r, sid, signal(0, Signal.CLEAR_AUDIO_BUFFER, User.SYSTEM))
+    async with r.pipeline(transaction=False) as p:
+        p.hdel(keys.session_record(sid), keys.RECORD_PLAYBACK_UNTIL)
+        p.xadd(keys.stage_input(sid, Stage.TTS_BRIDGE),
+               SpeakIn(kind=SpeakKind.CANCEL, turn=killed).encode())
+        p.xadd(keys.stage_input(sid, Stage.AGENT_BRIDGE),
+               AgentInput(kind=InputKind.CANCEL, turn=killed).encode())
+        await p.execute()
+    return True
