@@ -15,8 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tts-bridge": ("tts_bridge.main:run", "worker speaking replies through the TTS service"),
     "demo-agent": ("services.agent.app:run", "reference reasoning agent (pizza orders)"),
     "guardrails": ("services.guardrails.app:run", "guardrails proxy in front of the agent"),
-    "stt-service": ("services.stt.app:run", "reference STT service (faster-whisper)"),
-    "tts-service": ("services.tts.app:run", "reference TTS service (piper)"),
+    "stt-service": ("services.stt.server:run", "reference STT service (faster-whisper)"),
+    "tts-service": ("services.tts.server:run", "reference TTS service (piper)"),
     "up": ("shared.launcher:run", "start everything locally, with a private Redis if needed"),
 }
 

@@ -77,3 +77,28 @@ def text_system(redis_server: RedisServer) -> Iterator[TextSystem]:
         yield system
     finally:
         system.stop_all()
+
+
+@pytest.fixture(scope="module")
+def voice_system(redis_server: RedisServer) -> Iterator[TextSystem]:
+    """Everything, speech included: STT and TTS services with the offline models."""
+    env = make_env(redis_server, 3, GUARDRAILS_AGENT_HOST="", STT_PORT=str(free_port()),
+                   TTS_PORT=str(free_port()), TTS_CACHE_DIR="")
+    system = TextSystem(redis_server, 3, env)
+    try:
+        system.start("demo-agent", "demo-agent", int(env["AGENT_PORT"]))
+        system.start("stt-service", "stt-service", int(env["STT_PORT"]))
+        system.start("tts-service", "tts-service", int(env["TTS_PORT"]))
+        system.start("agent-bridge", "agent-bridge")
+        system.start("vad-worker", "vad-worker")
+        system.start("stt-bridge", "stt-bridge")
+        system.start("tts-bridge", "tts-bridge")
+        system.start("gateway", "gateway", system.gateway_port)
+        for name in ("vad-worker", "stt-bridge", "tts-bridge", "agent-bridge"):
+            port = system.procs[name].env["HEALTH_PORT"]
+            wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=120)
+        wait_ready(f"http://127.0.0.1:{env['STT_PORT']}/readyz", timeout=120)
+        wait_ready(f"http://127.0.0.1:{env['TTS_PORT']}/readyz", timeout=120)
+        yield system
+    finally:
+        system.stop_all()

@@ -197,4 +197,16 @@ def texts(messages: list[Message], user: str = "agent") -> list[str]:
 
 
 def summary(messages: list[Message]) -> list[Any]:
-    return [f"<{len(m)} bytes>" if isinstance(m, bytes) else m for m in messages]
+    """Messages with audio runs folded, readable in an assertion message."""
+    out: list[Any] = []
+    for m in messages:
+        if isinstance(m, bytes):
+            if out and isinstance(out[-1], list):
+                out[-1][0] += 1
+                out[-1][1] += len(m)
+            else:
+                out.append([1, len(m)])
+        else:
+            out.append(m)
+    return [f"<{n} audio chunks, {b} bytes>" if isinstance(x, list) else x
+            for x in out for n, b in [x if isinstance(x, list) else (0, 0)]]

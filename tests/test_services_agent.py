@@ -352,6 +352,7 @@ async def test_guardrails_passes_clean_message(guardrails: Served,
     assert resp.status_code == 200
     uuid.UUID(resp.headers["x-task-id"])
     assert resp.headers["content-type"].startswith("text/event-stream")
+    assert len(resp.headers.get_list("date")) == 1
     assert spoken(events)[0] == "Here is our menu."
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from speech_fixtures import noise, silence, synthesize_pcm16k
+from tests.speech_fixtures import noise, silence, synthesize_pcm16k
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -354,6 +354,22 @@ async def test_health_endpoints(tts: TtsServer, stt_url: str) -> None:
             ready = await client.get(f"{base}/readyz")
             assert ready.status_code == 200
             assert ready.json() == {"ready": True}
+
+
+async def test_apps_load_their_models_at_start_up(settings: Settings,
+                                                  transcriber: Transcriber,
+                                                  synthesizer: Synthesizer) -> None:
+    # Without an injected engine the lifespan loads one; the loaders' per-process cache
+    # makes that the session's already-loaded model.
+    stt_app, tts_app = create_stt_app(settings), create_tts_app(settings)
+    assert stt_app.state.stt.transcriber is None
+    assert tts_app.state.tts.synthesizer is None
+    async with serve(stt_app) as stt_address, serve(tts_app) as tts_address:
+        assert stt_app.state.stt.transcriber is transcriber
+        assert tts_app.state.tts.synthesizer is synthesizer
+        async with httpx.AsyncClient() as client:
+            for address in (stt_address, tts_address):
+                assert (await client.get(f"http://{address}/readyz")).status_code == 200
 
 
 def test_tts_unknown_provider_fails_at_start() -> None:

@@ -21,7 +21,12 @@ _RESPONSE_DROP = _HOP_BY_HOP | {"date", "server"}
 
 
 def request_headers(request: Request) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in request.headers.items() if k.lower() not in _REQUEST_DROP]
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _REQUEST_DROP]
+    if "accept-encoding" not in request.headers:
+        # Otherwise httpx asks for gzip on the client's behalf, and the raw bytes passed back
+        # would be compressed for a client that never said it could decode them.
+        headers.append(("accept-encoding", "identity"))
+    return headers
 
 
 def response_headers(upstream: httpx.Response) -> list[tuple[bytes, bytes]]:

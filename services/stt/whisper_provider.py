@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,8 @@ from faster_whisper import WhisperModel
 from services.stt.audio import SAMPLE_RATE
 
 log = structlog.get_logger(__name__)
+# faster_whisper logs every decode at INFO; the server's own line per utterance says more.
+logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
 # Beam 5: 0 % WER on the reference sentences for about 8 % more time than greedy, and a wrong
 # word costs a conversational turn while 30 ms does not.

@@ -1,0 +1,172 @@
+"""Speech in, speech out: real audio through the gateway, Silero VAD, Whisper and piper."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import TextSystem
+from tests.harness import Client, Message, is_signal, summary, texts, wait_ready
+from tests.speech_fixtures import noise, silence, synthesize_pcm16k
+
+pytestmark = __import__("pytest").mark.voice
+
+ENDED, DONE, CLEAR = "agent_ended_thinking", "audio_generation_done", "clear_audio_buffer"
+FRAME_30MS, FRAME_256MS = 960, 8192
+
+
+async def stream(client: Client, pcm: bytes, frame_bytes: int) -> None:
+    """Send PCM as a microphone would: fixed-size frames at real-time pace."""
+    seconds = frame_bytes / 32000
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i, off in enumerate(range(0, len(pcm), frame_bytes)):
+        await client.ws.send(pcm[off:off + frame_bytes])
+        await asyncio.sleep(max(0.0, start + (i + 1) * seconds - loop.time()))
+
+
+def spoken(text: str, lead_ms: int = 300, tail_ms: int = 1000) -> bytes:
+    return silence(lead_ms) + synthesize_pcm16k(text) + silence(tail_ms)
+
+
+def transcripts(messages: list[Message]) -> list[str]:
+    return [m["content"] for m in messages if isinstance(m, dict) and m.get("user") == "user"]
+
+
+def audio(messages: list[Message]) -> list[bytes]:
+    return [m for m in messages if isinstance(m, bytes)]
+
+
+async def until_all_spoken(client: Client, got: list[Message] | None = None) -> list[Message]:
+    """Receive until the turn has ended and every agent reply was spoken to the end: one
+    ``audio_generation_done`` per spoken reply, and then a quiet second (replies held behind
+    speech are released one by one, so the count alone can be reached early)."""
+    got = list(got or [])
+
+    def finished() -> bool:
+        signals = [m.get("content") for m in got if isinstance(m, dict)]
+        return ENDED in signals and signals.count(DONE) >= len(texts(got)) > 0
+
+    while True:
+        while not finished():
+            got += await client.until(lambda m: True, timeout=60)
+        more = await client.drain(1.0)
+        if not more:
+            return got
+        got += more
+
+
+async def spoken_turn(client: Client, text: str, frame: int) -> list[Message]:
+    sender = asyncio.create_task(stream(client, spoken(text), frame))
+    got = await until_all_spoken(client)
+    await sender
+    return got
+
+
+async def test_spoken_question_gets_a_spoken_answer_with_30ms_frames(
+        voice_system: TextSystem) -> None:
+    client = await Client.connect(voice_system.gateway_port)
+    got = await spoken_turn(client, "What is on the menu", FRAME_30MS)
+    said = " ".join(transcripts(got)).lower()
+    assert "menu" in said, summary(got)
+    assert got[[isinstance(m, dict) and m.get("user") == "user" for m in got].index(True)] == {
+        "user": "user", "content": transcripts(got)[0], "type": "audio"}
+    assert any("pepperoni" in t.lower() for t in texts(got)), summary(got)
+    chunks = audio(got)
+    assert chunks and all(len(c) % 2 == 0 for c in chunks)
+    # 16 kHz s16le, at most 100 ms per chunk, several seconds of speech in all.
+    assert max(len(c) for c in chunks) <= 3200
+    assert sum(len(c) for c in chunks) / 32000 > 1.0
+    await client.close()
+
+
+async def test_256ms_frames_and_transcript_reaches_the_agent(voice_system: TextSystem) -> None:
+    client = await Client.connect(voice_system.gateway_port)
+    got = await spoken_turn(client, "I would like a large pepperoni pizza", FRAME_256MS)
+    said = " ".join(transcripts(got)).lower()
+    assert "pepperoni" in said, summary(got)
+    assert any("pepperoni" in t.lower() for t in texts(got)), summary(got)
+    assert audio(got)
+    await client.close()
+
+
+async def test_silence_and_noise_alone_produce_no_turn(voice_system: TextSystem) -> None:
+    client = await Client.connect(voice_system.gateway_port)
+    await stream(client, silence(1500) + noise(1500, amplitude=800, seed=3) + silence(1000),
+                 FRAME_30MS)
+    got = await client.drain(2.0)
+    assert got == [], summary(got)
+    await client.close()
+
+
+async def test_two_utterances_with_a_pause_give_two_turns(voice_system: TextSystem) -> None:
+    client = await Client.connect(voice_system.gateway_port)
+    pcm = spoken("What is on the menu", tail_ms=1200) + spoken("I want a small pepperoni")
+    sender = asyncio.create_task(stream(client, pcm, FRAME_30MS))
+    got = await client.until(lambda m: len(transcripts([m])) == 1
+                             and "pepperoni" in m["content"].lower(), timeout=60)
+    await sender
+    got = await until_all_spoken(client, got)
+    said = transcripts(got)
+    assert len(said) == 2, summary(got)
+    assert "menu" in said[0].lower()
+    await client.close()
+
+
+async def test_barge_in_clears_audio_and_nothing_stale_follows(voice_system: TextSystem) -> None:
+    client = await Client.connect(voice_system.gateway_port)
+    # A long spoken answer: the agent streams ten parts, each spoken.
+    await client.send_json({"type": "text", "content": "count for me [stream=10]",
+                            "modality": "audio"})
+    await client.until(lambda m: isinstance(m, bytes), timeout=30)
+    sender = asyncio.create_task(stream(client, spoken("What is on the menu"), FRAME_30MS))
+    before = await client.until(is_signal(CLEAR), timeout=30)
+    after = await client.until(lambda m: len(transcripts([m])) == 1, timeout=30)
+    await sender
+    after = await until_all_spoken(client, after)
+    # Between the clear and the new transcript nothing of the old turn: no audio, no text.
+    head = after[:[len(transcripts([m])) for m in after].index(1)]
+    assert not audio(head), summary(head)
+    assert not [t for t in texts(head) if t.startswith("Part ")], summary(head)
+    assert not [t for t in texts(after) if t.startswith("Part ")], summary(after)
+    assert "menu" in transcripts(after)[0].lower()
+    assert audio(after)  # the new answer is spoken
+    assert any(isinstance(m, bytes) for m in before)
+    await client.close()
+
+
+async def test_stt_down_gives_a_clear_message_and_recovers(voice_system: TextSystem) -> None:
+    client = await Client.connect(voice_system.gateway_port)
+    stt = voice_system.procs["stt-service"]
+    stt.terminate()
+    try:
+        await stream(client, spoken("What is on the menu"), FRAME_256MS)
+        got = await client.until(lambda m: isinstance(m, dict) and m.get("type") == "error",
+                                 timeout=30)
+        assert "speech recognition is unavailable" in got[-1]["content"]
+    finally:
+        stt.start(wait_for_port=int(voice_system.env["STT_PORT"]), timeout=120)
+        wait_ready(f"http://127.0.0.1:{voice_system.env['STT_PORT']}/readyz", timeout=120)
+    await asyncio.sleep(2.5)  # past the bridge's reconnect backoff
+    got = await spoken_turn(client, "What is on the menu", FRAME_256MS)
+    assert "menu" in " ".join(transcripts(got)).lower(), summary(got)
+    await client.close()
+
+
+async def test_tts_down_gives_a_clear_message_and_recovers(voice_system: TextSystem) -> None:
+    client = await Client.connect(voice_system.gateway_port)
+    tts = voice_system.procs["tts-service"]
+    tts.terminate()
+    try:
+        await client.send_json({"type": "text", "content": "hello", "modality": "audio"})
+        got = await client.until(lambda m: isinstance(m, dict) and m.get("type") == "error",
+                                 timeout=30)
+        assert "speech synthesis is unavailable" in got[-1]["content"]
+        assert texts(got), summary(got)  # the answer is still shown as text
+    finally:
+        tts.start(wait_for_port=int(voice_system.env["TTS_PORT"]), timeout=120)
+        wait_ready(f"http://127.0.0.1:{voice_system.env['TTS_PORT']}/readyz", timeout=120)
+    await client.drain(2.5)
+    await client.send_json({"type": "text", "content": "hello", "modality": "audio"})
+    got = await until_all_spoken(client)
+    assert audio(got), summary(got)
+    await client.close()
