@@ -18,12 +18,12 @@ install: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/xrx up
 
-test: $(STAMP)
+test: lint
 	$(VENV)/bin/python -m pytest -ra
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy gateway vad_worker stt_bridge tts_bridge agent_bridge services shared
+	$(VENV)/bin/mypy gateway vad_worker stt_bridge tts_bridge agent_bridge services shared tests bench
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from gateway.outlet import Outlet
 from shared import keys
 from shared.messages import Reply
-from shared.redis_io import TRANSIENT, Backoff
+from shared.redis_io import TRANSIENT, Backoff, read_streams
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +29,7 @@ class ReplyReader:
         self.r = r
         self.wake_key = keys.gateway_wake(gateway_id)
         self.outlets: dict[str, Outlet] = {}
-        self._wake_last = b"$"
+        self._wake_last: bytes = b"$"
         self._by_stream: dict[bytes, str] = {}
 
     async def add(self, outlet: Outlet) -> None:
@@ -56,15 +56,14 @@ class ReplyReader:
 
     async def _read_once(self) -> None:
         streams: dict[str, bytes] = {self.wake_key: self._wake_last}
-        for sid, outlet in self.outlets.items():
-            streams[keys.reply(sid)] = outlet.last_id
-        resp = await self.r.xread(streams, count=500, block=BLOCK_MS)  # type: ignore[arg-type]
-        for stream, entries in resp or []:
+        for sid, session in self.outlets.items():
+            streams[keys.reply(sid)] = session.last_id
+        batch = await read_streams(self.r, streams, count=500, block_ms=BLOCK_MS)
+        for stream, entries in batch:
             if stream == self.wake_key.encode():
                 self._wake_last = entries[-1][0]
                 continue
-            sid = self._by_stream.get(stream)
-            outlet = self.outlets.get(sid) if sid else None
+            outlet = self.outlets.get(self._by_stream.get(stream, ""))
             if outlet is None:
                 continue
             # Barge-in raises the fence in Redis from another process: read it once per batch.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,13 +30,25 @@ def health_routes(ready: ReadyCheck) -> list[Route]:
     return [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
 
 
-async def serve_health(port: int, ready: ReadyCheck) -> asyncio.Task[None] | None:
-    """Serve the health endpoints of a worker in the background; ``port`` -1 disables them."""
-    if port < 0:
-        return None
-    config = uvicorn.Config(Starlette(routes=health_routes(ready)), host="0.0.0.0", port=port,
-                            log_config=None, lifespan="off")
-    server = uvicorn.Server(config)
-    # The worker owns signal handling; the health server must not install its own.
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    return asyncio.create_task(server.serve())
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server inside a worker, which owns SIGTERM: it must not take the signal."""
+
+    def capture_signals(self) -> AbstractContextManager[None]:  # type: ignore[override]
+        return nullcontext()
+
+
+class HealthServer:
+    def __init__(self, port: int, ready: ReadyCheck) -> None:
+        config = uvicorn.Config(Starlette(routes=health_routes(ready)), host="0.0.0.0",
+                                port=port, log_config=None, lifespan="off")
+        self._server = _EmbeddedServer(config)
+        self._task = asyncio.create_task(self._server.serve())
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        await self._task
+
+
+def serve_health(port: int, ready: ReadyCheck) -> HealthServer | None:
+    """Serve a worker's health endpoints in the background; ``port`` -1 disables them."""
+    return HealthServer(port, ready) if port >= 0 else None

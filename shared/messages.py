@@ -12,6 +12,8 @@ import typing
 from enum import StrEnum
 from typing import Any, ClassVar, Self, TypeVar
 
+from redis.typing import EncodableT, FieldT
+
 # --- the xRx wire: server -> client --------------------------------------------------------
 
 
@@ -140,8 +142,8 @@ class Entry:
 
     _hints: ClassVar[dict[str, Any]]
 
-    def encode(self) -> dict[str, bytes | str | int]:
-        out: dict[str, bytes | str | int] = {}
+    def encode(self) -> dict[FieldT, EncodableT]:
+        out: dict[FieldT, EncodableT] = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if isinstance(value, bytes | str):

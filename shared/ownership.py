@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.keys import Stage
 from shared.messages import OwnershipClaim
-from shared.redis_io import TRANSIENT, Backoff, ensure_group
+from shared.redis_io import TRANSIENT, Backoff, Fields, ensure_group, read_group
 
 log = structlog.get_logger(__name__)
 
@@ -45,9 +45,6 @@ for i = 3, #ARGV do
 end
 return kept
 """
-
-Fields = dict[bytes, bytes]
-
 
 class SessionHandler(Protocol):
     """A stage's per-session logic. ``handle`` is called in stream order and must return
@@ -115,16 +112,16 @@ class StageWorker:
         streams: dict[str, str] = {self.queue: ">"}
         for sid in self.sessions:
             streams[keys.stage_input(sid, self.stage)] = ">"
-        resp = await self.r.xreadgroup(self.group, self.consumer, streams,  # type: ignore[arg-type]
-                                       count=64, block=self.block_ms)
-        for stream, entries in resp or []:
+        batch = await read_group(self.r, self.group, self.consumer, streams, count=64,
+                                 block_ms=self.block_ms)
+        for stream, entries in batch:
             if stream == self.queue.encode():
                 for entry_id, fields in entries:
                     await self._open(OwnershipClaim.decode(fields).session_id, entry_id)
             else:
-                sid = self._by_stream.get(stream)
-                if sid is not None:
-                    await self._dispatch(sid, entries)
+                owned = self._by_stream.get(stream)
+                if owned is not None:
+                    await self._dispatch(owned, entries)
 
     async def _dispatch(self, sid: str, entries: list[tuple[bytes, Fields]]) -> None:
         handler = self.sessions.get(sid)
@@ -179,8 +176,8 @@ class StageWorker:
 
     async def _resume_own_claims(self) -> None:
         """After a restart under the same name, take back what is still pending for us."""
-        resp = await self.r.xreadgroup(self.group, self.consumer, {self.queue: "0"}, count=1000)
-        for _, entries in resp or []:
+        batch = await read_group(self.r, self.group, self.consumer, {self.queue: "0"}, count=1000)
+        for _, entries in batch:
             for entry_id, fields in entries:
                 if fields:
                     await self._open(OwnershipClaim.decode(fields).session_id, entry_id)

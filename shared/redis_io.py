@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from redis import exceptions as rexc
@@ -23,6 +23,25 @@ log = structlog.get_logger(__name__)
 TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError, ConnectionError, OSError)
 
 REPLY_MAXLEN = 5000
+
+
+Fields = dict[bytes, bytes]
+StreamBatch = list[tuple[bytes, list[tuple[bytes, Fields]]]]
+
+
+async def read_streams(r: Redis, streams: dict[str, bytes], *, count: int,
+                       block_ms: int) -> StreamBatch:
+    """XREAD over several streams, typed (redis-py returns ``Any``)."""
+    resp = await r.xread(streams, count=count, block=block_ms)  # type: ignore[arg-type]
+    return cast(StreamBatch, resp or [])
+
+
+async def read_group(r: Redis, group: str, consumer: str, streams: dict[str, str], *,
+                     count: int, block_ms: int | None = None) -> StreamBatch:
+    """XREADGROUP over several streams, typed."""
+    resp = await r.xreadgroup(group, consumer, streams,  # type: ignore[arg-type]
+                              count=count, block=block_ms)
+    return cast(StreamBatch, resp or [])
 
 
 def connect(url: str, *, name: str = "xrx") -> Redis:
@@ -120,7 +139,9 @@ def is_fenced(turn: int, fence: int) -> bool:
 
 
 async def publish_reply(r: Redis, sid: str, reply: Reply) -> bytes:
-    return await r.xadd(keys.reply(sid), reply.encode(), maxlen=REPLY_MAXLEN, approximate=True)
+    entry_id = await r.xadd(keys.reply(sid), reply.encode(), maxlen=REPLY_MAXLEN,
+                            approximate=True)
+    return cast(bytes, entry_id)
 
 
 # --- the session record -------------------------------------------------------------------
@@ -146,7 +167,7 @@ async def clear_record(r: Redis, sid: str, *names: str) -> None:
 
 
 async def read_record(r: Redis, sid: str) -> dict[str, str]:
-    raw = await r.hgetall(keys.session_record(sid))
+    raw = cast(dict[bytes, bytes], await r.hgetall(keys.session_record(sid)))
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 

@@ -125,7 +125,8 @@ def wait_ready(url: str, timeout: float = 30.0) -> None:
 
 # --- a client --------------------------------------------------------------------------
 
-Message = dict[str, Any] | bytes
+# A decoded JSON message (dict) or a binary audio frame (bytes).
+Message = Any
 
 
 class Client:

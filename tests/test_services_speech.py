@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from tests.speech_fixtures import noise, silence, synthesize_pcm16k
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -27,6 +26,7 @@ from services.tts.cache import AudioCache, CacheKey
 from services.tts.protocols import Synthesizer
 from services.tts.text import split_sentences
 from shared.config import Settings
+from tests.speech_fixtures import noise, silence, synthesize_pcm16k
 
 pytestmark = pytest.mark.voice
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import cast
 
 import httpx
 import pytest
@@ -209,26 +210,29 @@ async def test_closing_a_session_releases_it_everywhere(text_system: TextSystem)
     client = await Client.connect(text_system.gateway_port)
     await turn(client, "hello")
     (record,) = set(await r.keys("xrx:{*}:session")) - before
-    sid = record.decode().split("{")[1].split("}")[0]
+    sid = cast(bytes, record).decode().split("{")[1].split("}")[0]
+    inputs = keys.stage_input(sid, Stage.AGENT_BRIDGE)
+    assert await _claims_of(r, sid), "an agent-bridge replica owns the open session"
     await client.close()
     for _ in range(50):
-        pending = await r.xpending_range(keys.ownership_queue(Stage.AGENT_BRIDGE),
-                                         Stage.AGENT_BRIDGE.value, "-", "+", 1000)
-        claims = [p for p in pending if p["message_id"] in await _claims_of(r, sid)]
-        if not await r.exists(keys.session_record(sid)) and not claims:
+        released = not await _claims_of(r, sid)
+        pending = (await r.xpending(inputs, Stage.AGENT_BRIDGE.value))["pending"]
+        if released and pending == 0 and not await r.exists(keys.session_record(sid)):
             break
         await asyncio.sleep(0.1)
     assert not await r.exists(keys.session_record(sid))
-    assert not claims
-    for key in (keys.history(sid), keys.reply(sid), keys.stage_input(sid, Stage.AGENT_BRIDGE)):
+    assert released, "the owner let go of the closed session"
+    assert pending == 0, "no input of the closed session is left unacknowledged"
+    for key in (keys.history(sid), keys.reply(sid), inputs):
         ttl = await r.ttl(key)
         assert ttl == -2 or 0 < ttl <= 30, (key, ttl)  # gone, or expiring soon
     await r.aclose()
 
 
-async def _claims_of(r: aioredis.Redis, sid: str) -> set[bytes]:
-    entries = await r.xrange(keys.ownership_queue(Stage.AGENT_BRIDGE))
-    return {i for i, f in entries if f.get(b"session_id") == sid.encode()}
+async def _claims_of(r: aioredis.Redis, sid: str) -> list[bytes]:
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                   await r.xrange(keys.ownership_queue(Stage.AGENT_BRIDGE)))
+    return [i for i, f in entries if f.get(b"session_id") == sid.encode()]
 
 
 async def test_health_endpoints(text_system: TextSystem) -> None:

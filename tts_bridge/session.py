@@ -79,7 +79,8 @@ class TtsSession:
 
     def _drain(self, up_to_turn: int = 0) -> list[tuple[bytes, SpeakIn]]:
         """Remove queued entries of turns <= ``up_to_turn`` (all when 0); return them."""
-        kept, dropped = [], []
+        kept: list[tuple[bytes, SpeakIn]] = []
+        dropped: list[tuple[bytes, SpeakIn]] = []
         while not self._queue.empty():
             item = self._queue.get_nowait()
             (dropped if not up_to_turn or item[1].turn <= up_to_turn else kept).append(item)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from shared.ws_pool import ServiceUnavailable, WsPool
 
@@ -17,7 +17,7 @@ class TtsClient:
         self.pool = WsPool(url)
         self.chunk_timeout_s = chunk_timeout_s
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         """Audio chunks of ``text``. Stopping early discards the connection, which is how a
         synthesis is cancelled: the service stops when its client goes away."""
         async with self.pool.connection() as ws:

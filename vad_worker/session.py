@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import structlog
 from redis.asyncio import Redis
@@ -42,7 +42,7 @@ class VadSession:
 
     @classmethod
     async def restore(cls, r: Redis, sid: str, acker: Acker, batcher: VadBatcher) -> VadSession:
-        raw = await r.get(keys.checkpoint(sid, Stage.VAD))
+        raw = cast(bytes | None, await r.get(keys.checkpoint(sid, Stage.VAD)))
         state = SessionVadState.from_bytes(raw) if raw else SessionVadState(session_id=sid)
         if raw:
             log.info("vad state restored from checkpoint", session_id=sid, pos=state.pos)
