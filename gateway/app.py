@@ -41,8 +41,16 @@ class Gateway:
         while True:
             await asyncio.sleep(self.settings.SESSION_TTL_S / 3)
             try:
-                await sessions.refresh_sessions(self.r, list(self.reader.outlets),
-                                                self.settings.SESSION_TTL_S)
+                lost = await sessions.refresh_sessions(self.r, list(self.reader.outlets),
+                                                       self.settings.SESSION_TTL_S)
+                for sid in lost:
+                    # Redis restarted without its data: register the live session again so
+                    # the stages pick it up; the conversation history is gone with it.
+                    outlet = self.reader.outlets.get(sid)
+                    log.warning("session record lost, registering again", session_id=sid)
+                    await sessions.open_session(self.r, sid, self.gateway_id,
+                                                self.settings.SESSION_TTL_S,
+                                                last_turn=outlet.fence if outlet else 0)
             except TRANSIENT as err:
                 log.warning("could not refresh sessions", error=str(err))
 

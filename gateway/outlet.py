@@ -53,7 +53,8 @@ class Outlet:
     def _admit(self, reply: Reply) -> bool:
         """Whether a reply may reach the client now; keeps thinking signals paired."""
         if reply.content == Signal.STARTED_THINKING:
-            if is_fenced(reply.turn, self.fence):
+            # A turn re-run by a replica that took over the session starts only once.
+            if is_fenced(reply.turn, self.fence) or self._thinking_turn == reply.turn:
                 return False
             self._thinking_turn = reply.turn
             return True

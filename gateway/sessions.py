@@ -10,6 +10,7 @@ from shared import keys
 from shared.keys import Stage
 from shared.messages import AgentInput, AudioIn, Entry, InputKind, SpeakIn, SpeakKind, UtteranceIn
 from shared.ownership import offer_session
+from shared.redis_io import STATE_TTL_S
 
 # Long enough for every stage to read the close marker and finish, short enough to bound memory.
 CLOSED_KEYS_TTL_S = 30
@@ -22,25 +23,36 @@ _CLOSE_MARKERS: dict[Stage, Entry] = {
 }
 
 
-async def open_session(r: Redis, sid: str, gateway_id: str, ttl_s: int) -> None:
+async def open_session(r: Redis, sid: str, gateway_id: str, ttl_s: int,
+                       last_turn: int = 0) -> None:
+    """Register the session and offer it to every stage.
+
+    ``last_turn`` re-seeds the turn counter when a session is registered again after Redis
+    lost it, so turn numbers keep growing and the client-side fence stays meaningful.
+    """
     record = keys.session_record(sid)
     async with r.pipeline(transaction=True) as p:
         p.hset(record, mapping={keys.RECORD_STATUS: "open",
                                 keys.RECORD_GATEWAY: gateway_id,
                                 keys.RECORD_OPENED_AT: str(time.time())})
         p.expire(record, ttl_s)
+        if last_turn:
+            p.set(keys.turn_counter(sid), last_turn, nx=True, ex=STATE_TTL_S)
+            p.set(keys.fence(sid), last_turn, nx=True, ex=STATE_TTL_S)
         await p.execute()
     for stage in Stage:
         await offer_session(r, stage, sid)
 
 
-async def refresh_sessions(r: Redis, sids: list[str], ttl_s: int) -> None:
+async def refresh_sessions(r: Redis, sids: list[str], ttl_s: int) -> list[str]:
+    """Extend the sessions' TTL; return those whose record is gone (Redis lost it)."""
     if not sids:
-        return
+        return []
     async with r.pipeline(transaction=False) as p:
         for sid in sids:
             p.expire(keys.session_record(sid), ttl_s)
-        await p.execute()
+        extended = await p.execute()
+    return [sid for sid, ok in zip(sids, extended, strict=True) if not ok]
 
 
 async def close_session(r: Redis, sid: str) -> None:

@@ -231,6 +231,8 @@ class StageWorker:
 
     async def shutdown(self) -> None:
         """Hand every owned session to another replica right away instead of after a lease."""
+        log.info("shutting down: handing sessions over", stage=self.stage.value,
+                 sessions=len(self.sessions))
         for sid in list(self.sessions):
             try:
                 await self._close(sid, handing_over=True)

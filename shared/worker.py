@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -42,6 +43,7 @@ async def _serve(stage: Stage, settings: Settings, setup: Setup) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     r = connect(settings.redis_url, name=process_name(stage))
     consumer = consumer_name(settings)
     async with setup(settings, r) as factory:
@@ -60,6 +62,12 @@ async def _serve(stage: Stage, settings: Settings, setup: Setup) -> None:
                 await health.stop()
             log.info("worker stopped", stage=stage.value)
     await r.aclose()
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: print every asyncio task's stack to stderr, to see where a worker waits."""
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
 
 
 def process_name(stage: Stage) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import structlog
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
@@ -21,8 +19,9 @@ from shared.messages import (
     UtteranceIn,
     error_reply,
 )
-from shared.ownership import Acker, Fields
-from shared.redis_io import begin_turn, publish_reply
+from shared.ownership import Acker
+from shared.redis_io import Fields, begin_turn, publish_reply
+from shared.serial import SerialRunner
 from shared.ws_pool import ServiceUnavailable
 from stt_bridge.stt_client import SttClient
 
@@ -32,45 +31,37 @@ TRANSCRIPTS = Counter("xrx_stt_transcripts_total", "Utterances transcribed", ["o
 STT_SECONDS = Histogram("xrx_stt_seconds", "Time to transcribe one utterance")
 
 
+Item = tuple[bytes, UtteranceIn]
+
+
 class SttSession:
     def __init__(self, r: Redis, stt: SttClient, sid: str, acker: Acker) -> None:
         self.r, self.stt, self.sid, self.acker = r, stt, sid, acker
-        self._queue: asyncio.Queue[tuple[bytes, UtteranceIn]] = asyncio.Queue()
-        self._runner = asyncio.create_task(self._run())
+        self._handing_over = False
+        self._utterances: SerialRunner[Item] = SerialRunner(self._transcribe, self._finished)
 
     async def handle(self, entry_id: bytes, fields: Fields) -> bool:
         entry = UtteranceIn.decode(fields)
         if entry.close:
-            await self._stop()
-            await self.acker.ack(entry_id, *self._drain())
+            await self._utterances.stop()
+            await self.acker.ack(entry_id, *(i for i, _ in self._utterances.take()))
             return True
-        self._queue.put_nowait((entry_id, entry))
+        self._utterances.put((entry_id, entry))
         return False
 
     async def close(self, *, handing_over: bool) -> None:
-        await self._stop()
+        self._handing_over = handing_over
+        await self._utterances.stop()
 
-    async def _stop(self) -> None:
-        self._runner.cancel()
-        try:
-            await self._runner
-        except asyncio.CancelledError:
-            pass
+    async def _finished(self, item: Item, cancelled: bool) -> None:
+        if not (cancelled and self._handing_over):
+            await self.acker.ack(item[0])
 
-    def _drain(self) -> list[bytes]:
-        ids = []
-        while not self._queue.empty():
-            ids.append(self._queue.get_nowait()[0])
-        return ids
-
-    async def _run(self) -> None:
+    async def _transcribe(self, item: Item) -> None:
         with structlog.contextvars.bound_contextvars(session_id=self.sid):
-            while True:
-                entry_id, utt = await self._queue.get()
-                await self._transcribe(utt)
-                await self.acker.ack(entry_id)
+            await self._transcribe_one(item[1])
 
-    async def _transcribe(self, utt: UtteranceIn) -> None:
+    async def _transcribe_one(self, utt: UtteranceIn) -> None:
         try:
             with STT_SECONDS.time():
                 text = await self.stt.transcribe(utt.pcm)

@@ -22,14 +22,16 @@ from shared.messages import (
     error_reply,
     signal,
 )
-from shared.ownership import Acker, Fields
+from shared.ownership import Acker
 from shared.redis_io import (
+    Fields,
     clear_record,
     fence_of,
     is_fenced,
     publish_reply,
     update_record,
 )
+from shared.serial import SerialRunner
 from shared.ws_pool import ServiceUnavailable
 from tts_bridge.tts_client import TtsClient
 
@@ -39,70 +41,48 @@ SPOKEN = Counter("xrx_tts_replies_total", "Replies handled by the TTS stage", ["
 FIRST_AUDIO = Histogram("xrx_tts_first_audio_seconds", "Speak request to first audio chunk")
 
 
+Item = tuple[bytes, SpeakIn]
+
+
 class TtsSession:
     def __init__(self, r: Redis, tts: TtsClient, sid: str, acker: Acker,
                  sample_rate: int) -> None:
         self.r, self.tts, self.sid, self.acker = r, tts, sid, acker
         self.sample_rate = sample_rate
         self._playback_until_ms = 0.0
-        self._queue: asyncio.Queue[tuple[bytes, SpeakIn]] = asyncio.Queue()
-        self._current: asyncio.Task[None] | None = None
-        self._runner = asyncio.create_task(self._run())
+        self._handing_over = False
+        self._replies: SerialRunner[Item] = SerialRunner(self._speak_item, self._finished)
 
     async def handle(self, entry_id: bytes, fields: Fields) -> bool:
         entry = SpeakIn.decode(fields)
         if entry.kind == SpeakKind.CLOSE:
-            await self._stop()
-            await self.acker.ack(entry_id, *(i for i, _ in self._drain()))
+            await self._replies.stop()
+            await self.acker.ack(entry_id, *(i for i, _ in self._replies.take()))
             return True
         if entry.kind == SpeakKind.CANCEL:
             # Drop what this cancel covers, queued or being spoken, without waiting.
-            dropped = [i for i, e in self._drain(up_to_turn=entry.turn)]
-            if self._current is not None and not self._current.done():
-                self._current.cancel()
-            await self.acker.ack(entry_id, *dropped)
+            covered = self._replies.take(lambda item: not entry.turn or item[1].turn <= entry.turn)
+            self._replies.cancel_current()
+            await self.acker.ack(entry_id, *(i for i, _ in covered))
             return False
-        self._queue.put_nowait((entry_id, entry))
+        self._replies.put((entry_id, entry))
         return False
 
     async def close(self, *, handing_over: bool) -> None:
-        await self._stop()
+        self._handing_over = handing_over
+        await self._replies.stop()
 
-    async def _stop(self) -> None:
-        for task in (self._current, self._runner):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+    async def _finished(self, item: Item, cancelled: bool) -> None:
+        await clear_record(self.r, self.sid, keys.RECORD_TTS_BUSY)
+        if cancelled:
+            SPOKEN.labels("cancelled").inc()
+            if self._handing_over:
+                return
+        await self.acker.ack(item[0])
 
-    def _drain(self, up_to_turn: int = 0) -> list[tuple[bytes, SpeakIn]]:
-        """Remove queued entries of turns <= ``up_to_turn`` (all when 0); return them."""
-        kept: list[tuple[bytes, SpeakIn]] = []
-        dropped: list[tuple[bytes, SpeakIn]] = []
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            (dropped if not up_to_turn or item[1].turn <= up_to_turn else kept).append(item)
-        for item in kept:
-            self._queue.put_nowait(item)
-        return dropped
-
-    async def _run(self) -> None:
+    async def _speak_item(self, item: Item) -> None:
         with structlog.contextvars.bound_contextvars(session_id=self.sid):
-            while True:
-                entry_id, entry = await self._queue.get()
-                self._current = asyncio.create_task(self._speak(entry))
-                try:
-                    await self._current
-                except asyncio.CancelledError:
-                    if self._runner.cancelling():
-                        raise
-                    SPOKEN.labels("cancelled").inc()
-                finally:
-                    self._current = None
-                    await clear_record(self.r, self.sid, keys.RECORD_TTS_BUSY)
-                await self.acker.ack(entry_id)
+            await self._speak(item[1])
 
     async def _extend_playback(self, nbytes: int) -> None:
         """Track when the client will have played what it was sent (TTS runs faster than

@@ -1,0 +1,125 @@
+"""Replicas dying, replicas stopping, and Redis itself going away, under live sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import cast
+
+import pytest
+import redis.asyncio as aioredis
+
+from shared import keys
+from shared.keys import Stage
+from tests.conftest import TextSystem, make_env
+from tests.harness import Client, RedisServer, is_signal, summary, texts, wait_ready
+
+ENDED = "agent_ended_thinking"
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def system(own_redis: RedisServer) -> Iterator[TextSystem]:
+    own_redis.stop()
+    own_redis.start()  # every test starts from an empty Redis
+    env = make_env(own_redis, 0, GUARDRAILS_AGENT_HOST="", LEASE_MS="2000", SESSION_TTL_S="6")
+    system = TextSystem(own_redis, 0, env)
+    try:
+        system.start("demo-agent", "demo-agent", int(env["AGENT_PORT"]))
+        system.start("bridge-a", "agent-bridge")
+        system.start("bridge-b", "agent-bridge")
+        system.start("gateway", "gateway", system.gateway_port)
+        wait_ready(f"http://127.0.0.1:{system.gateway_port}/readyz")
+        yield system
+    finally:
+        system.stop_all()
+
+
+async def owner_of(r: aioredis.Redis, sid: str) -> str:
+    queue = keys.ownership_queue(Stage.AGENT_BRIDGE)
+    for _ in range(50):
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await r.xrange(queue))
+        ids = [i for i, f in entries if f.get(b"session_id") == sid.encode()]
+        for p in await r.xpending_range(queue, Stage.AGENT_BRIDGE.value, "-", "+", 1000):
+            if p["message_id"] in ids:
+                return cast(bytes, p["consumer"]).decode()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"nobody owns session {sid}")
+
+
+async def newest_session(r: aioredis.Redis, known: set[bytes]) -> str:
+    (record,) = set(await r.keys("xrx:{*}:session")) - known
+    return cast(bytes, record).decode().split("{")[1].split("}")[0]
+
+
+async def turn(client: Client, text: str, timeout: float = 30) -> list:
+    await client.say(text)
+    return await client.until(is_signal(ENDED), timeout)
+
+
+async def test_killed_replica_sessions_are_taken_over(system: TextSystem) -> None:
+    r = aioredis.from_url(system.redis_url)
+    client = await Client.connect(system.gateway_port)
+    sid = await newest_session(r, set())
+    await turn(client, "hello")
+    owner = await owner_of(r, sid)
+    system.procs[owner].kill()  # no goodbye: its lease has to run out
+    started = time.monotonic()
+    got = await turn(client, "what is on the menu?", timeout=30)
+    assert any("pepperoni" in t.lower() for t in texts(got)), summary(got)
+    assert await owner_of(r, sid) != owner
+    # Failover is bounded by LEASE_MS (2 s) plus a maintenance period; generous margin here.
+    assert time.monotonic() - started < 20
+    await client.close()
+    await r.aclose()
+
+
+async def test_sigterm_finishes_the_running_turn_then_hands_the_session_over(
+        system: TextSystem) -> None:
+    r = aioredis.from_url(system.redis_url)
+    client = await Client.connect(system.gateway_port)
+    sid = await newest_session(r, set())
+    await turn(client, "hello")
+    owner = await owner_of(r, sid)
+    await client.say("count for me [stream=4]")
+    await client.until(lambda m: isinstance(m, dict) and "Part 1" in m.get("content", ""))
+    proc = system.procs[owner]
+    await asyncio.to_thread(proc.terminate)
+    assert proc.proc is not None and proc.proc.returncode == 0, proc.logs()
+    got = await client.until(is_signal(ENDED), timeout=20)
+    # The acknowledged turn was completed, not lost: every part arrived.
+    assert [t for t in texts(got) if t.startswith("Part ")][-1].startswith("Part 4"), summary(got)
+    # The other replica has the session at once, without waiting out a lease.
+    got = await turn(client, "hello", timeout=10)
+    assert texts(got)
+    assert await owner_of(r, sid) != owner
+    await client.close()
+    await r.aclose()
+
+
+async def test_redis_restart_is_survived_with_a_clear_error_meanwhile(
+        system: TextSystem) -> None:
+    client = await Client.connect(system.gateway_port)
+    await turn(client, "hello")
+    system.redis.stop()
+    await client.say("hello?")
+    msg = await client.next(10)
+    assert msg["user"] == "system" and msg["type"] == "error"
+    assert "temporarily unavailable" in msg["content"]
+    system.redis.start()  # empty: Redis kept nothing
+    deadline = time.monotonic() + 45
+    while True:
+        await client.say("what is on the menu?")
+        got = await client.drain(4)
+        if any("pepperoni" in t.lower() for t in texts(got)):
+            break
+        assert time.monotonic() < deadline, summary(got)
+    await client.close()
