@@ -52,6 +52,8 @@ def connect(url: str, *, name: str = "xrx") -> Redis:
         client_name=name,
         health_check_interval=15,
         socket_connect_timeout=3,
+        # Longer than any blocking read here (5 s at most); redis-py's default is 5 s.
+        socket_timeout=30,
         socket_keepalive=True,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[rexc.ConnectionError, rexc.TimeoutError],
