@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     STT_PROVIDER: str = "faster_whisper"
     STT_MODEL: str = "tiny.en"
     STT_TIMEOUT_S: float = Field(30.0, gt=0)
+    STT_CPU_THREADS: int = Field(1, ge=1)
+    STT_BEAM_SIZE: int = Field(5, ge=1)
     VAD_THRESHOLD: float = Field(0.5, gt=0, lt=1)
     VAD_MIN_SPEECH_MS: int = Field(250, ge=0)
     VAD_PREROLL_MS: int = Field(300, ge=0)
@@ -71,6 +73,9 @@ class Settings(BaseSettings):
     TTS_SAMPLE_RATE: int = Field(16000, ge=8000, le=48000)
     TTS_CHUNK_MS: int = Field(100, ge=10, le=1000)
     TTS_CACHE_DIR: str = ""
+    TTS_THREADS: int = Field(1, ge=1)
+    # Sampling noise off: the same text gives the same audio (test fixtures, caching).
+    TTS_DETERMINISTIC: bool = False
 
     # --- process -----------------------------------------------------------------------
     LOG_FORMAT: Literal["auto", "json", "console"] = "auto"

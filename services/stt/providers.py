@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,21 +24,7 @@ class SttOptions:
     @classmethod
     def from_settings(cls, settings: Settings) -> SttOptions:
         return cls(provider=settings.STT_PROVIDER, model=settings.STT_MODEL,
-                   cpu_threads=_env_int("STT_CPU_THREADS") or DEFAULT_CPU_THREADS,
-                   beam_size=_env_int("STT_BEAM_SIZE"))
-
-
-def _env_int(name: str) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
-    return value
+                   cpu_threads=settings.STT_CPU_THREADS, beam_size=settings.STT_BEAM_SIZE)
 
 
 def _faster_whisper(options: SttOptions) -> Transcriber:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,25 +24,7 @@ class TtsOptions:
     @classmethod
     def from_settings(cls, settings: Settings) -> TtsOptions:
         return cls(provider=settings.TTS_PROVIDER, sample_rate=settings.TTS_SAMPLE_RATE,
-                   threads=_env_threads(), deterministic=_env_flag("TTS_DETERMINISTIC"))
-
-
-def _env_threads() -> int:
-    raw = os.environ.get("TTS_THREADS", "").strip()
-    if not raw:
-        return DEFAULT_THREADS
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"TTS_THREADS must be a positive integer, got {raw!r}")
-    return int(raw)
-
-
-def _env_flag(name: str) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"{name} must be true or false, got {raw!r}")
+                   threads=settings.TTS_THREADS, deterministic=settings.TTS_DETERMINISTIC)
 
 
 def _piper(options: TtsOptions) -> Synthesizer:
