@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from shared import keys
 from shared.keys import Stage
+from shared.messages import OwnershipClaim
 from tests.conftest import TextSystem, make_env
 from tests.harness import Client, RedisServer, is_signal, summary, texts, wait_ready
 
@@ -47,7 +48,7 @@ async def owner_of(r: aioredis.Redis, sid: str) -> str:
     queue = keys.ownership_queue(Stage.AGENT_BRIDGE)
     for _ in range(50):
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await r.xrange(queue))
-        ids = [i for i, f in entries if f.get(b"session_id") == sid.encode()]
+        ids = [i for i, f in entries if OwnershipClaim.decode(f).session_id == sid]
         for p in await r.xpending_range(queue, Stage.AGENT_BRIDGE.value, "-", "+", 1000):
             if p["message_id"] in ids:
                 return cast(bytes, p["consumer"]).decode()

@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared import keys
 from shared.keys import Stage
+from shared.messages import OwnershipClaim
 from tests.conftest import TextSystem, make_env
 from tests.harness import Client, free_port, is_signal, summary, texts, wait_ready
 
@@ -232,7 +233,7 @@ async def test_closing_a_session_releases_it_everywhere(text_system: TextSystem)
 async def _claims_of(r: aioredis.Redis, sid: str) -> list[bytes]:
     entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
                    await r.xrange(keys.ownership_queue(Stage.AGENT_BRIDGE)))
-    return [i for i, f in entries if f.get(b"session_id") == sid.encode()]
+    return [i for i, f in entries if OwnershipClaim.decode(f).session_id == sid]
 
 
 async def test_health_endpoints(text_system: TextSystem) -> None:
