@@ -69,7 +69,8 @@ class Gateway:
                                             self.settings.SESSION_TTL_S)
             except TRANSIENT as err:
                 log.error("cannot open session: redis unavailable", error=str(err))
-                await ws.close(code=1013, reason="service unavailable")
+                await ws.send_denial_response(
+                    PlainTextResponse("service temporarily unavailable", status_code=503))
                 return
             await ws.accept()
             CONNECTIONS.inc()

@@ -15,6 +15,7 @@ log = structlog.get_logger(__name__)
 
 # A client this far behind is not reading; dropping it beats holding its backlog forever.
 MAX_BACKLOG = 20_000
+CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class Outlet:
@@ -31,6 +32,7 @@ class Outlet:
         self._thinking_turn: int | None = None
         self._queue: asyncio.Queue[Reply | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._send_loop())
+        self._closer: asyncio.Task[None] | None = None
 
     def raise_fence(self, fence: int) -> None:
         self.fence = max(self.fence, fence)
@@ -38,8 +40,10 @@ class Outlet:
     def push(self, entry_id: bytes, reply: Reply) -> None:
         self.last_id = entry_id
         if self._queue.qsize() >= MAX_BACKLOG:
-            log.warning("client not reading, dropping connection", session_id=self.sid)
-            self._task.cancel()
+            if not self._task.done():
+                log.warning("client not reading, dropping connection", session_id=self.sid)
+                self._task.cancel()
+                self._closer = asyncio.create_task(self._close_lagging())
             return
         self._queue.put_nowait(reply)
 
@@ -49,6 +53,12 @@ class Outlet:
             await asyncio.wait_for(self._task, timeout=2)
         except (TimeoutError, asyncio.CancelledError):
             self._task.cancel()
+
+    async def _close_lagging(self) -> None:
+        try:
+            await self.ws.close(code=CLOSE_TRY_AGAIN_LATER, reason="client is not reading")
+        except (RuntimeError, OSError):
+            pass
 
     def _admit(self, reply: Reply) -> bool:
         """Whether a reply may reach the client now; keeps thinking signals paired."""

@@ -140,6 +140,12 @@ def _describe(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def config_error(message: str) -> ConfigError:
+    """A start-up failure a person can act on: printed plainly, no traceback."""
+    print(f"invalid configuration: {message}", file=sys.stderr)
+    return ConfigError(2)
+
+
 @lru_cache(maxsize=1)
 def load_settings() -> Settings:
     try:

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from services.stt.audio import duration_s, utterance_problem
 from services.stt.protocols import Transcriber
 from services.stt.providers import load_transcriber, provider_factory
-from shared.config import Settings, load_settings
+from shared.config import Settings, config_error, load_settings
 from shared.health import health_routes
 from shared.logs import configure_logging
 
@@ -108,5 +108,9 @@ async def _transcript(transcriber: Transcriber, pcm: bytes) -> str:
 def run() -> None:
     settings = load_settings()
     configure_logging(settings, "stt")
-    uvicorn.run(create_app(settings), host="0.0.0.0", port=settings.STT_PORT, log_config=None,
+    try:
+        app = create_app(settings)
+    except ValueError as err:
+        raise config_error(str(err)) from None
+    uvicorn.run(app, host="0.0.0.0", port=settings.STT_PORT, log_config=None,
                 timeout_graceful_shutdown=5)

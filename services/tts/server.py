@@ -18,7 +18,7 @@ from services.tts.cache import AudioCache
 from services.tts.protocols import Synthesizer
 from services.tts.providers import load_synthesizer, provider_factory
 from services.tts.session import TtsSession
-from shared.config import Settings, load_settings
+from shared.config import Settings, config_error, load_settings
 from shared.health import health_routes
 from shared.logs import configure_logging
 
@@ -102,5 +102,9 @@ async def serve_connection(ws: WebSocket, state: TtsState) -> None:
 def run() -> None:
     settings = load_settings()
     configure_logging(settings, "tts")
-    uvicorn.run(create_app(settings), host="0.0.0.0", port=settings.TTS_PORT, log_config=None,
+    try:
+        app = create_app(settings)
+    except ValueError as err:
+        raise config_error(str(err)) from None
+    uvicorn.run(app, host="0.0.0.0", port=settings.TTS_PORT, log_config=None,
                 timeout_graceful_shutdown=5)

@@ -1,0 +1,34 @@
+"""Bad configuration stops a process at start-up with a message naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness import ROOT
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"AGENT_PORT": "eighty"}, "AGENT_PORT"),
+    ({"SAMPLE_RATE": "8000"}, "only 16000 Hz"),
+    ({"AGENT_PATH": "run"}, "must start with '/'"),
+    ({"REDIS_URL": "localhost:6379"}, "REDIS_URL must start with"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+])
+def test_gateway_refuses_to_start_with_a_bad_setting(env: dict[str, str], expected: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "shared.cli", "gateway"], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "invalid configuration" in proc.stderr and expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_stt_provider_is_refused_with_the_known_ones() -> None:
+    proc = subprocess.run([sys.executable, "-m", "shared.cli", "stt-service"], cwd=ROOT,
+                          env={**os.environ, "STT_PROVIDER": "bogus"}, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown STT_PROVIDER 'bogus'" in proc.stderr and "faster_whisper" in proc.stderr
