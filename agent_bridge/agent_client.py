@@ -12,11 +12,9 @@ import structlog
 from httpx_sse import EventSource, SSEError
 
 from shared.config import Settings
+from shared.protocols import TASK_ID_HEADER, agent_request
 
 log = structlog.get_logger(__name__)
-
-TASK_ID_HEADER = "X-Task-ID"
-
 
 class AgentUnavailable(Exception):
     """The agent could not be reached, answered an error status, or broke the protocol."""
@@ -61,9 +59,7 @@ class AgentClient:
     async def run(self, messages: list[dict[str, Any]], session: dict[str, Any],
                   action: dict[str, Any] | None) -> AsyncIterator[AgentStream]:
         """Start an agent call; leaving the block early aborts the HTTP request."""
-        body: dict[str, Any] = {"messages": messages, "session": session}
-        if action is not None:
-            body["action"] = action
+        body = agent_request(messages, session, action)
         try:
             async with self._http.stream("POST", self.settings.AGENT_PATH, json=body,
                                          headers={"Accept": "text/event-stream"}) as response:

@@ -25,6 +25,7 @@ from shared.messages import (
     User,
     signal,
 )
+from shared.protocols import REPLY_NODES, AgentField, AgentNode
 from shared.redis_io import (
     append_history,
     clear_record,
@@ -39,10 +40,9 @@ log = structlog.get_logger(__name__)
 TURNS = Counter("xrx_agent_turns_total", "Agent turns by outcome", ["outcome"])
 FIRST_OUTPUT = Histogram("xrx_agent_first_output_seconds", "Agent call to first output")
 
-REPLY_NODES = frozenset({"CustomerResponse", "TaskDescriptionResponse"})
-WIDGET_NODE = "Widget"
 NODE, OUTPUT, SESSION, MESSAGES, GUARDRAILS, ERROR = (
-    "node", "output", "session", "messages", "guardrails", "error")
+    AgentField.NODE, AgentField.OUTPUT, AgentField.SESSION, AgentField.MESSAGES,
+    AgentField.GUARDRAILS, AgentField.ERROR)
 
 
 class Turn:
@@ -115,7 +115,7 @@ class Turn:
                 if node in REPLY_NODES and output:
                     await self.out.say(str(output))
                     spoken.append(str(output))
-                elif node == WIDGET_NODE and output:
+                elif node == AgentNode.WIDGET and output:
                     await self.out.widget(output if isinstance(output, str)
                                           else json.dumps(output))
         if not new_messages and spoken:

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from redis.typing import EncodableT, FieldT
 
+from shared.protocols import tool_action
+
 # --- the xRx wire: server -> client --------------------------------------------------------
 
 
@@ -129,7 +131,7 @@ def _parse_action(content: object) -> dict[str, Any]:
             raise FrameError(f"'content.parameters' is not valid JSON: {err.msg}") from None
     if not isinstance(params, dict):
         raise FrameError("'content.parameters' must encode a JSON object")
-    return {"type": "tool", "details": {"tool": tool, "parameters": params}}
+    return tool_action(tool, params)
 
 
 # --- stream entries ------------------------------------------------------------------------

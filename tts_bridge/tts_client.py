@@ -6,10 +6,8 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator
 
+from shared.protocols import TTS_ACTION, TtsAction, tts_command
 from shared.ws_pool import ServiceUnavailable, WsPool
-
-SYNTHESIZE, DONE = "synthesize", "done"
-ACTION = "action"
 
 
 class TtsClient:
@@ -21,7 +19,7 @@ class TtsClient:
         """Audio chunks of ``text``. Stopping early discards the connection, which is how a
         synthesis is cancelled: the service stops when its client goes away."""
         async with self.pool.connection() as ws:
-            await ws.send(json.dumps({ACTION: SYNTHESIZE, "text": text}))
+            await ws.send(tts_command(TtsAction.SYNTHESIZE, text))
             while True:
                 try:
                     frame = await asyncio.wait_for(ws.recv(), self.chunk_timeout_s)
@@ -31,7 +29,7 @@ class TtsClient:
                     yield frame
                     continue
                 try:
-                    if json.loads(frame).get(ACTION) == DONE:
+                    if json.loads(frame).get(TTS_ACTION) == TtsAction.DONE:
                         return
                 except (json.JSONDecodeError, AttributeError):
                     continue

@@ -9,7 +9,6 @@ stream. A client disconnect does the same through the response's clean-up.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,13 +18,11 @@ import structlog
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from shared.protocols import TASK_ID_HEADER, AgentField, sse_event
+
 log = structlog.get_logger(__name__)
 
 Event = dict[str, Any]
-
-
-def sse(event: Event) -> bytes:
-    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
 @dataclass
@@ -57,10 +54,10 @@ class TaskRegistry:
         async def produce() -> None:
             try:
                 async for event in events:
-                    queue.put_nowait(sse(event))
+                    queue.put_nowait(sse_event(event))
             except Exception:
                 log.exception("agent_turn_failed", task_id=task_id)
-                queue.put_nowait(sse({"error": "internal error"}))
+                queue.put_nowait(sse_event({AgentField.ERROR: "internal error"}))
 
         task = asyncio.create_task(produce(), name=f"agent-turn-{task_id}")
         # A done-callback rather than `finally`: a task cancelled before its first step never
@@ -118,7 +115,8 @@ class TurnStreamResponse(StreamingResponse):
         super().__init__(
             content,
             media_type="text/event-stream",
-            headers={"X-Task-ID": task_id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={TASK_ID_HEADER: task_id, "Cache-Control": "no-cache",
+                     "X-Accel-Buffering": "no"},
         )
         self._task_id = task_id
         self._on_close = on_close

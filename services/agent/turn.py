@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from services.agent import hooks, llm, script, tools
 from services.agent.script import Reply
 from shared.config import Settings
+from shared.protocols import AgentField, AgentNode
 
 log = structlog.get_logger(__name__)
 
@@ -54,10 +55,10 @@ class Transcript:
 
     def _event(self, node: str, output: str) -> Event:
         return {
-            "node": node,
-            "output": output,
-            "session": copy.deepcopy(self.session),
-            "messages": self._messages(),
+            AgentField.NODE: node,
+            AgentField.OUTPUT: output,
+            AgentField.SESSION: copy.deepcopy(self.session),
+            AgentField.MESSAGES: self._messages(),
         }
 
     @property
@@ -66,10 +67,10 @@ class Transcript:
 
     def say(self, text: str) -> Event:
         self._spoken.append(text)
-        return self._event("CustomerResponse", text)
+        return self._event(AgentNode.CUSTOMER_RESPONSE, text)
 
     def widget(self, widget: dict[str, Any]) -> Event:
-        return self._event("Widget", script.widget_text(widget))
+        return self._event(AgentNode.WIDGET, script.widget_text(widget))
 
     def reply(self, reply: Reply) -> Iterator[Event]:
         for sentence in reply.sentences:

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from services.guardrails.proxy import forward
 from services.guardrails.rules import DenyList, Violation, deny_list, last_user_text
 from shared.config import Settings, load_settings
+from shared.protocols import TASK_ID_HEADER, AgentField, sse_event
 
 log = structlog.get_logger(__name__)
 
@@ -32,19 +33,18 @@ def _violation(rules: DenyList, body: bytes) -> Violation | None:
         return None  # let the agent reject it with its own 400
     # A widget action carries no new user words; re-checking the old message would block
     # every button press after a refused turn.
-    if isinstance(parsed, dict) and parsed.get("action"):
+    if isinstance(parsed, dict) and parsed.get(AgentField.ACTION):
         return None
     text = last_user_text(parsed)
     return rules.check(text) if text else None
 
 
 def _refusal(violation: Violation) -> Response:
-    event = {"guardrails": [violation.as_dict()]}
     return Response(
-        b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n",
+        sse_event({AgentField.GUARDRAILS: [violation.as_dict()]}),
         media_type="text/event-stream",
         # The orchestrator expects a task id on every agent stream; nothing runs under it.
-        headers={"X-Task-ID": str(uuid.uuid4()), "Cache-Control": "no-cache"},
+        headers={TASK_ID_HEADER: str(uuid.uuid4()), "Cache-Control": "no-cache"},
     )
 
 

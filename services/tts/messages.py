@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-DONE = json.dumps({"action": "done"})
+from shared.protocols import TTS_ACTION, TTS_TEXT, TtsAction, tts_command
+
+DONE = tts_command(TtsAction.DONE)
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,11 @@ def parse_command(raw: str) -> Command:
         raise ValueError(f"not JSON: {err.msg}") from None
     if not isinstance(message, dict):
         raise ValueError("not a JSON object")
-    action = message.get("action")
-    if action == "cancel":
+    action = message.get(TTS_ACTION)
+    if action == TtsAction.CANCEL:
         return Cancel()
-    if action == "synthesize":
-        text = message.get("text")
+    if action == TtsAction.SYNTHESIZE:
+        text = message.get(TTS_TEXT)
         if not isinstance(text, str):
             raise ValueError("synthesize without a string 'text'")
         return Synthesize(text)
