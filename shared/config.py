@@ -15,6 +15,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_API_KEY = "123456"
 
+# Providers that take a continuous audio stream and return final transcripts themselves, so
+# the VAD forwards raw audio instead of segmenting it (the original's behaviour for deepgram).
+STREAMING_STT_PROVIDERS = frozenset({"deepgram"})
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
@@ -114,6 +118,10 @@ class Settings(BaseSettings):
         if self.GUARDRAILS_AGENT_HOST:
             return f"http://{self.GUARDRAILS_AGENT_HOST}:{self.GUARDRAILS_AGENT_PORT}"
         return f"http://{self.AGENT_HOST}:{self.AGENT_PORT}"
+
+    @property
+    def stt_streaming(self) -> bool:
+        return self.STT_PROVIDER in STREAMING_STT_PROVIDERS
 
     @property
     def stt_url(self) -> str:

@@ -214,12 +214,14 @@ class AudioIn(Entry):
 
 @dataclasses.dataclass
 class UtteranceIn(Entry):
-    """A finished utterance for the STT stage."""
+    """A finished utterance for the STT stage; with ``streaming``, a raw audio frame for a
+    streaming STT provider."""
 
     pcm: bytes = b""
     start_ms: int = 0
     end_ms: int = 0
     close: bool = False
+    streaming: bool = False
 
 
 class SpeakKind(StrEnum):

@@ -33,6 +33,10 @@ class WsPool:
         self._backoff = 0.0
         self._retry_at = 0.0
 
+    async def open(self) -> ClientConnection:
+        """A connection the caller keeps (streaming), under the same backoff."""
+        return await self._connect()
+
     async def _connect(self) -> ClientConnection:
         wait = self._retry_at - time.monotonic()
         if wait > 0:

@@ -6,24 +6,14 @@ import structlog
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.keys import Stage
-from shared.messages import (
-    STT_DOWN_REPLY,
-    AgentInput,
-    InputKind,
-    Modality,
-    MsgType,
-    Reply,
-    User,
-    UtteranceIn,
-    error_reply,
-)
+from shared.messages import STT_DOWN_REPLY, UtteranceIn, error_reply
 from shared.ownership import Acker
-from shared.redis_io import Fields, begin_turn, publish_reply
+from shared.redis_io import Fields, publish_reply
 from shared.serial import SerialRunner
 from shared.ws_pool import ServiceUnavailable
+from stt_bridge.streaming import StreamingStt
 from stt_bridge.stt_client import SttClient
+from stt_bridge.transcripts import publish_transcript
 
 log = structlog.get_logger(__name__)
 
@@ -38,20 +28,44 @@ class SttSession:
     def __init__(self, r: Redis, stt: SttClient, sid: str, acker: Acker) -> None:
         self.r, self.stt, self.sid, self.acker = r, stt, sid, acker
         self._handing_over = False
+        self._stream: StreamingStt | None = None
         self._utterances: SerialRunner[Item] = SerialRunner(self._transcribe, self._finished)
 
     async def handle(self, entry_id: bytes, fields: Fields) -> bool:
         entry = UtteranceIn.decode(fields)
         if entry.close:
-            await self._utterances.stop()
+            await self._stop()
             await self.acker.ack(entry_id, *(i for i, _ in self._utterances.take()))
             return True
+        if entry.streaming:
+            await self._streaming().send(entry.pcm)
+            await self.acker.ack(entry_id)
+            return False
         self._utterances.put((entry_id, entry))
         return False
 
     async def close(self, *, handing_over: bool) -> None:
         self._handing_over = handing_over
+        await self._stop()
+
+    async def _stop(self) -> None:
         await self._utterances.stop()
+        if self._stream is not None:
+            await self._stream.aclose()
+
+    def _streaming(self) -> StreamingStt:
+        if self._stream is None:
+            self._stream = StreamingStt(self.stt.pool, self._streamed_text, self._stt_down)
+        return self._stream
+
+    async def _streamed_text(self, text: str) -> None:
+        TRANSCRIPTS.labels("ok").inc()
+        await publish_transcript(self.r, self.sid, text)
+
+    async def _stt_down(self, error: str) -> None:
+        TRANSCRIPTS.labels("stt_down").inc()
+        log.warning("speech recognition unavailable", session_id=self.sid, error=error)
+        await publish_reply(self.r, self.sid, error_reply(STT_DOWN_REPLY))
 
     async def _finished(self, item: Item, cancelled: bool) -> None:
         if not (cancelled and self._handing_over):
@@ -66,19 +80,11 @@ class SttSession:
             with STT_SECONDS.time():
                 text = await self.stt.transcribe(utt.pcm)
         except ServiceUnavailable as err:
-            TRANSCRIPTS.labels("stt_down").inc()
-            log.warning("speech recognition unavailable", error=str(err))
-            await publish_reply(self.r, self.sid, error_reply(STT_DOWN_REPLY))
+            await self._stt_down(str(err))
             return
         if not text:
             TRANSCRIPTS.labels("empty").inc()
             log.info("empty transcript dropped", start_ms=utt.start_ms, end_ms=utt.end_ms)
             return
         TRANSCRIPTS.labels("ok").inc()
-        turn = await begin_turn(self.r, self.sid)
-        log.info("transcript", turn=turn, text=text)
-        await publish_reply(self.r, self.sid, Reply(turn=turn, user=User.USER, type=MsgType.AUDIO,
-                                                    content=text))
-        await self.r.xadd(keys.stage_input(self.sid, Stage.AGENT_BRIDGE),
-                          AgentInput(kind=InputKind.TRANSCRIPT, turn=turn, content=text,
-                                     modality=Modality.AUDIO).encode())
+        await publish_transcript(self.r, self.sid, text)

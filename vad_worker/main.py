@@ -25,7 +25,8 @@ async def setup(settings: Settings, r: Redis) -> AsyncIterator[HandlerFactory]:
     batcher = VadBatcher(VadEngine(VadParams.from_settings(settings), model))
 
     async def open_session(sid: str, acker: Acker) -> SessionHandler:
-        return await VadSession.restore(r, sid, acker, batcher)
+        return await VadSession.restore(r, sid, acker, batcher,
+                                        forward_audio=settings.stt_streaming)
 
     try:
         yield open_session

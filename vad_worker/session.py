@@ -33,20 +33,23 @@ class VadSession:
     """
 
     def __init__(self, r: Redis, sid: str, acker: Acker, state: SessionVadState,
-                 batcher: VadBatcher) -> None:
+                 batcher: VadBatcher, *, forward_audio: bool = False) -> None:
         self.r, self.sid, self.acker, self.state, self.batcher = r, sid, acker, state, batcher
+        # Streaming STT: audio goes on as it comes; the VAD only detects barge-in.
+        self.forward_audio = forward_audio
         self.pending: list[tuple[bytes, bytes]] = []  # (entry id, pcm) not yet processed
         self.uncheckpointed: list[bytes] = []
         self._checkpointed_pos = state.pos
         self.closed = False
 
     @classmethod
-    async def restore(cls, r: Redis, sid: str, acker: Acker, batcher: VadBatcher) -> VadSession:
+    async def restore(cls, r: Redis, sid: str, acker: Acker, batcher: VadBatcher, *,
+                      forward_audio: bool = False) -> VadSession:
         raw = cast(bytes | None, await r.get(keys.checkpoint(sid, Stage.VAD)))
         state = SessionVadState.from_bytes(raw) if raw else SessionVadState(session_id=sid)
         if raw:
             log.info("vad state restored from checkpoint", session_id=sid, pos=state.pos)
-        return cls(r, sid, acker, state, batcher)
+        return cls(r, sid, acker, state, batcher, forward_audio=forward_audio)
 
     async def handle(self, entry_id: bytes, fields: Fields) -> bool:
         entry = AudioIn.decode(fields)
@@ -58,6 +61,9 @@ class VadSession:
             await self.acker.ack(*ids)
             await self.r.delete(keys.checkpoint(self.sid, Stage.VAD))
             return True
+        if self.forward_audio:
+            await self.r.xadd(keys.stage_input(self.sid, Stage.STT_BRIDGE),
+                              UtteranceIn(pcm=entry.pcm, streaming=True).encode())
         self.pending.append((entry_id, entry.pcm))
         self.batcher.submit(self)
         return False
@@ -77,7 +83,7 @@ class VadSession:
         for event in events:
             if isinstance(event, SpeechStarted):
                 await barge_in(self.r, self.sid)
-            elif isinstance(event, Utterance):
+            elif isinstance(event, Utterance) and not self.forward_audio:
                 log.info("utterance", session_id=self.sid, start_ms=event.start_ms,
                          end_ms=event.end_ms)
                 await self.r.xadd(keys.stage_input(self.sid, Stage.STT_BRIDGE),
