@@ -44,12 +44,13 @@ def system(own_redis: RedisServer) -> Iterator[TextSystem]:
         system.stop_all()
 
 
-async def owner_of(r: aioredis.Redis, sid: str) -> str:
-    queue = keys.ownership_queue(Stage.AGENT_BRIDGE)
+async def owner_of(r: aioredis.Redis, sid: str, stage: Stage = Stage.AGENT_BRIDGE) -> str:
+    """The consumer name of the replica of ``stage`` that owns the session."""
+    queue = keys.ownership_queue(stage)
     for _ in range(50):
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await r.xrange(queue))
         ids = [i for i, f in entries if OwnershipClaim.decode(f).session_id == sid]
-        for p in await r.xpending_range(queue, Stage.AGENT_BRIDGE.value, "-", "+", 1000):
+        for p in await r.xpending_range(queue, stage.value, "-", "+", 1000):
             if p["message_id"] in ids:
                 return cast(bytes, p["consumer"]).decode()
         await asyncio.sleep(0.1)
