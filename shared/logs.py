@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
 
 from shared.config import Settings
+
+# Browsers put the API key in the URL; access lines must not carry it into the logs.
+_SECRET_IN_URL = re.compile(r"(api_key=)[^&\s\"']+")
+
+
+class RedactSecrets(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "api_key=" in message:
+            record.msg, record.args = _SECRET_IN_URL.sub(r"\1***", message), None
+        return True
 
 
 def configure_logging(settings: Settings, process: str) -> None:
@@ -34,6 +46,7 @@ def configure_logging(settings: Settings, process: str) -> None:
     structlog.contextvars.bind_contextvars(process=process)
     # Route uvicorn's and other libraries' stdlib logging through the same renderer.
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactSecrets())
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processor=renderer, foreign_pre_chain=shared_processors))
     root = logging.getLogger()

@@ -45,6 +45,10 @@ async def test_api_key_in_query_is_accepted_for_browsers(text_system: TextSystem
     got = await turn(client, "hello")
     assert texts(got)
     await client.close()
+    # The key in the URL never reaches the logs.
+    logs = text_system.procs["gateway"].log_path.read_text()
+    assert "api_key=***" in logs
+    assert "api_key=123456" not in logs
 
 
 @pytest.mark.parametrize(("key", "status"), [(None, 401), ("wrong-key", 403)])

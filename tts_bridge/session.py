@@ -63,6 +63,7 @@ class TtsSession:
             # Drop what this cancel covers, queued or being spoken, without waiting.
             covered = self._replies.take(lambda item: not entry.turn or item[1].turn <= entry.turn)
             self._replies.cancel_current()
+            self._playback_until_ms = 0.0  # the client dropped what it had queued
             await self.acker.ack(entry_id, *(i for i, _ in covered))
             return False
         self._replies.put((entry_id, entry))
