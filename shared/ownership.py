@@ -56,14 +56,26 @@ class SessionHandler(Protocol):
 
 
 class Acker:
-    """Acknowledges a session's input entries once their effects are published."""
+    """Acknowledges a session's input entries once their effects are published.
+
+    A session's input stream has exactly one reader (its stage's group), so an acknowledged
+    entry is garbage: it is deleted with the acknowledgement, which bounds the stream to the
+    work in flight (utterance audio would otherwise pile up for the session's lifetime).
+    """
 
     def __init__(self, r: Redis, stream: str, group: str) -> None:
         self._r, self._stream, self._group = r, stream, group
 
     async def ack(self, *entry_ids: bytes) -> None:
         if entry_ids:
-            await self._r.xack(self._stream, self._group, *entry_ids)
+            await ack_and_delete(self._r, self._stream, self._group, *entry_ids)
+
+
+async def ack_and_delete(r: Redis, stream: str, group: str, *entry_ids: bytes) -> None:
+    async with r.pipeline(transaction=True) as p:
+        p.xack(stream, group, *entry_ids)
+        p.xdel(stream, *entry_ids)
+        await p.execute()
 
 
 HandlerFactory = Callable[[str, Acker], Awaitable[SessionHandler]]

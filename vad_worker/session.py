@@ -98,8 +98,10 @@ class VadSession:
             p.set(keys.checkpoint(self.sid, Stage.VAD), self.state.to_bytes(),
                   ex=CHECKPOINT_TTL_S)
             if self.uncheckpointed:
-                p.xack(keys.stage_input(self.sid, Stage.VAD), Stage.VAD.value,
-                       *self.uncheckpointed)
+                # Acknowledged audio is deleted: only this stage reads the session's stream.
+                stream = keys.stage_input(self.sid, Stage.VAD)
+                p.xack(stream, Stage.VAD.value, *self.uncheckpointed)
+                p.xdel(stream, *self.uncheckpointed)
             await p.execute()
         self.uncheckpointed.clear()
         self._checkpointed_pos = self.state.pos
