@@ -38,8 +38,8 @@ class TextSystem:
         health = free_port()
         env = {**self.env, "HEALTH_PORT": str(health), "WORKER_ID": name, **extra}
         proc = Proc(command, env, name=name)
+        self.procs[name] = proc  # recorded first, so one that fails to come up is stopped too
         proc.start(wait_for_port=port if port is not None else health)
-        self.procs[name] = proc
         return proc
 
     def stop_all(self) -> None:
