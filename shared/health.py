@@ -16,6 +16,11 @@ from starlette.routing import Route
 ReadyCheck = Callable[[], Awaitable[bool]]
 
 
+async def metrics(_: Request) -> Response:
+    """Prometheus exposition of this process's metrics."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
 def health_routes(ready: ReadyCheck) -> list[Route]:
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -23,9 +28,6 @@ def health_routes(ready: ReadyCheck) -> list[Route]:
     async def readyz(_: Request) -> Response:
         ok = await ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
-
-    async def metrics(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
 

@@ -47,7 +47,7 @@ SERVER_PORT_SETTING = {"gateway": "GATEWAY_PORT", "demo-agent": "AGENT_PORT",
 HOST_SETTINGS = {"REDIS_HOST": ("redis", "REDIS_PORT"), "AGENT_HOST": ("demo-agent", "AGENT_PORT"),
                  "GUARDRAILS_AGENT_HOST": ("guardrails", "GUARDRAILS_AGENT_PORT"),
                  "STT_HOST": ("stt-service", "STT_PORT"), "TTS_HOST": ("tts-service", "TTS_PORT")}
-NO_METRICS = {"demo-agent", "guardrails"}  # their apps serve /healthz and /readyz only
+NO_METRICS: set[str] = set()  # every process serves /metrics
 PROCESSES = set(COMMANDS) - {"up"}
 IMAGES = {"xrx": "full", "xrx-light": "light"}
 

@@ -255,6 +255,7 @@ async def test_malformed_body_is_400(agent: Served, client: httpx.AsyncClient) -
 async def test_health_endpoints(agent: Served, client: httpx.AsyncClient) -> None:
     assert (await client.get(agent.url + "/healthz")).json() == {"status": "ok"}
     assert (await client.get(agent.url + "/readyz")).status_code == 200
+    assert "xrx_demo_agent_turns_total" in (await client.get(agent.url + "/metrics")).text
 
 
 # --- agent: test hooks and cancellation ---------------------------------------------------
@@ -366,6 +367,8 @@ async def test_guardrails_forwards_other_requests(guardrails: Served,
     resp = await client.get(guardrails.url + "/no/such/path")
     assert resp.status_code == 404
     assert (await client.get(guardrails.url + "/readyz")).json() == {"status": "ready"}
+    assert "xrx_guardrails_refusals_total" in (
+        await client.get(guardrails.url + "/metrics")).text
 
 
 async def test_cancel_through_guardrails(guardrails: Served, agent: Served,

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import httpx
 import structlog
 import uvicorn
+from prometheus_client import Counter
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,8 +18,12 @@ from starlette.routing import Route
 from services.agent.tasks import TaskRegistry, TurnStreamResponse
 from services.agent.turn import TurnRequest, run_turn
 from shared.config import Settings, load_settings
+from shared.health import metrics
 
 log = structlog.get_logger(__name__)
+
+
+TURNS = Counter("xrx_demo_agent_turns_total", "Agent turns started", ["kind"])
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -45,6 +50,7 @@ def create_app(settings: Settings) -> Starlette:
             return JSONResponse({"detail": detail}, status_code=400)
         tasks: TaskRegistry = request.app.state.tasks
         task_id, body_iter = tasks.start(run_turn(turn, settings, request.app.state.http))
+        TURNS.labels("action" if turn.action else "message").inc()
         log.info(
             "agent_turn_started",
             task_id=task_id,
@@ -71,6 +77,7 @@ def create_app(settings: Settings) -> Starlette:
               methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import httpx
 import structlog
 import uvicorn
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,6 +20,7 @@ from starlette.routing import Route
 from services.guardrails.proxy import forward
 from services.guardrails.rules import DenyList, Violation, deny_list, last_user_text
 from shared.config import Settings, load_settings
+from shared.health import metrics
 from shared.protocols import TASK_ID_HEADER, AgentField, sse_event
 
 log = structlog.get_logger(__name__)
@@ -37,6 +39,9 @@ def _violation(rules: DenyList, body: bytes) -> Violation | None:
         return None
     text = last_user_text(parsed)
     return rules.check(text) if text else None
+
+
+REFUSALS = Counter("xrx_guardrails_refusals_total", "Agent calls refused", ["rule"])
 
 
 def _refusal(violation: Violation) -> Response:
@@ -71,6 +76,7 @@ def create_app(settings: Settings) -> Starlette:
             violation = _violation(rules, body)
             if violation is not None:
                 log.info("guardrails_refused", rule=violation.rule, match=violation.match)
+                REFUSALS.labels(violation.rule).inc()
                 return _refusal(violation)
         try:
             return await forward(request.app.state.http, agent_url, request, body)
@@ -93,6 +99,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/{path:path}", proxy, methods=_METHODS),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
