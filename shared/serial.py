@@ -6,6 +6,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 T = TypeVar("T")
 
 _STOP = object()
@@ -22,6 +26,7 @@ class SerialRunner(Generic[T]):
         self._work, self._done = work, done
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self.current: asyncio.Task[None] | None = None
+        self._stopping = False
         self._loop = asyncio.create_task(self._run())
 
     def put(self, item: T) -> None:
@@ -53,9 +58,10 @@ class SerialRunner(Generic[T]):
             await asyncio.wait({self.current}, timeout=timeout)
 
     async def stop(self) -> None:
-        """Cancel the item in flight, drop nothing else silently: queued items stay for
-        ``take``; the loop ends."""
-        self._queue.put_nowait(_STOP)
+        """Cancel the item in flight and end the loop; items still queued are not run and
+        stay for ``take`` (to acknowledge them, or leave them to the next owner)."""
+        self._stopping = True
+        self._queue.put_nowait(_STOP)  # wakes the loop if it is waiting for work
         self.cancel_current()
         try:
             await asyncio.wait_for(asyncio.shield(self._loop), timeout=10)
@@ -63,7 +69,7 @@ class SerialRunner(Generic[T]):
             self._loop.cancel()
 
     async def _run(self) -> None:
-        while (item := await self._queue.get()) is not _STOP:
+        while not self._stopping and (item := await self._queue.get()) is not _STOP:
             self.current = asyncio.create_task(self._work(item))  # type: ignore[arg-type]
             cancelled = False
             try:
@@ -72,6 +78,13 @@ class SerialRunner(Generic[T]):
                 if self._loop.cancelling():
                     raise
                 cancelled = True
+            except Exception:
+                # One failed item (Redis gone mid-turn, say) must not stop the session.
+                log.exception("session work failed")
             finally:
                 self.current = None
-            await self._done(item, cancelled)  # type: ignore[arg-type]
+            try:
+                await self._done(item, cancelled)  # type: ignore[arg-type]
+            except Exception:
+                # Unacknowledged, the item stays pending and is handled again on failover.
+                log.exception("could not finish session work")
