@@ -6,12 +6,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import structlog
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
-from starlette.routing import WebSocketRoute
+from starlette.routing import Mount, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import inbound, sessions
@@ -27,6 +29,7 @@ from shared.redis_io import TRANSIENT, connect, ping
 log = structlog.get_logger(__name__)
 
 WS_PATH = "/api/v1/ws"
+STATIC_DIR = Path(__file__).parent / "static"
 CLOSE_TOO_BIG = 1009
 UNAVAILABLE = "the service is temporarily unavailable; your message was not delivered, retry"
 
@@ -158,5 +161,7 @@ def create_app(settings: Settings) -> Starlette:
         gw = holder.get("gw")
         return gw is not None and await ping(gw.r)
 
-    return Starlette(routes=[WebSocketRoute(WS_PATH, ws_endpoint), *health_routes(ready)],
+    return Starlette(routes=[WebSocketRoute(WS_PATH, ws_endpoint), *health_routes(ready),
+                             # A small demo client, so `make up` can be tried in a browser.
+                             Mount("/", StaticFiles(directory=STATIC_DIR, html=True))],
                      lifespan=lifespan)
