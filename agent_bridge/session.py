@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import structlog
 from redis.asyncio import Redis
 
@@ -62,10 +60,6 @@ class AgentSession:
                 await append_history(self.r, self.sid, {"role": "user", "content": entry.content})
             if entry.kind == InputKind.CANCEL:
                 return
-            if entry.kind == InputKind.TRANSCRIPT and self.settings.AGENT_WAIT_MS:
-                # The original waits AGENT_WAIT_MS after speech before calling the agent, so
-                # a user who goes on talking supersedes this turn instead of interrupting it.
-                await asyncio.sleep(self.settings.AGENT_WAIT_MS / 1000)
             if self._turns.pending() or is_fenced(entry.turn, await fence_of(self.r, self.sid)):
                 log.info("input superseded before its turn started", turn=entry.turn)
                 return

@@ -28,6 +28,12 @@ RECORD_AGENT_TASK = "agent_task"
 # Turn numbers of work in progress, read by barge-in to know whether there is anything to stop.
 RECORD_AGENT_BUSY = "agent_busy"
 RECORD_TTS_BUSY = "tts_busy"
+# Whether the user is talking now (VAD), and when their voice last stopped (wall-clock ms):
+# a transcript waits while the user goes on talking (AGENT_WAIT_MS).
+RECORD_SPEAKING = "speaking"
+RECORD_LAST_VOICE_MS = "last_voice_ms"
+# Utterances the VAD has sent to STT so far; each carries its number.
+RECORD_UTTERANCES = "utterances"
 # Wall-clock time (ms) until which the client is still playing audio already sent to it.
 RECORD_PLAYBACK_UNTIL = "playback_until_ms"
 

@@ -222,6 +222,7 @@ class UtteranceIn(Entry):
     end_ms: int = 0
     close: bool = False
     streaming: bool = False
+    seq: int = 0  # the session's utterance number (RECORD_UTTERANCES once it was sent)
 
 
 class SpeakKind(StrEnum):

@@ -164,6 +164,17 @@ async def update_record(r: Redis, sid: str, **fields: str | int) -> bool:
     return bool(await r.eval(_HSET_IF_OPEN, 1, keys.session_record(sid), *args))
 
 
+_HINCR_IF_OPEN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+"""
+
+
+async def count_in_record(r: Redis, sid: str, name: str) -> int:
+    """Increment a counter of the session record; 0 once the session is gone."""
+    return int(await r.eval(_HINCR_IF_OPEN, 1, keys.session_record(sid), name))
+
+
 async def clear_record(r: Redis, sid: str, *names: str) -> None:
     await r.hdel(keys.session_record(sid), *names)
 

@@ -20,7 +20,7 @@ async def setup(settings: Settings, r: Redis) -> AsyncIterator[HandlerFactory]:
     stt = SttClient(settings.stt_url, settings.STT_TIMEOUT_S)
 
     async def open_session(sid: str, acker: Acker) -> SessionHandler:
-        return SttSession(r, stt, sid, acker)
+        return SttSession(r, stt, sid, acker, settings.AGENT_WAIT_MS)
 
     try:
         yield open_session

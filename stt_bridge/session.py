@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import structlog
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
+from shared import keys
 from shared.messages import STT_DOWN_REPLY, UtteranceIn, error_reply
 from shared.ownership import Acker
-from shared.redis_io import Fields, publish_reply
+from shared.redis_io import Fields, publish_reply, read_record
 from shared.serial import SerialRunner
 from shared.ws_pool import ServiceUnavailable
 from stt_bridge.streaming import StreamingStt
@@ -16,6 +20,11 @@ from stt_bridge.stt_client import SttClient
 from stt_bridge.transcripts import publish_transcript
 
 log = structlog.get_logger(__name__)
+
+# How often a held transcript looks whether the user stopped talking, and for how long at most
+# (a VAD replica that died mid-utterance must not hold the words forever).
+POLL_S = 0.05
+HOLD_LIMIT_S = 20.0
 
 TRANSCRIPTS = Counter("xrx_stt_transcripts_total", "Utterances transcribed", ["outcome"])
 STT_SECONDS = Histogram("xrx_stt_seconds", "Time to transcribe one utterance")
@@ -25,8 +34,11 @@ Item = tuple[bytes, UtteranceIn]
 
 
 class SttSession:
-    def __init__(self, r: Redis, stt: SttClient, sid: str, acker: Acker) -> None:
+    def __init__(self, r: Redis, stt: SttClient, sid: str, acker: Acker,
+                 agent_wait_ms: int) -> None:
         self.r, self.stt, self.sid, self.acker = r, stt, sid, acker
+        self.agent_wait_ms = agent_wait_ms
+        self._held: list[str] = []  # transcripts waiting for the user to stop talking
         self._handing_over = False
         self._stream: StreamingStt | None = None
         self._utterances: SerialRunner[Item] = SerialRunner(self._transcribe, self._finished)
@@ -82,9 +94,32 @@ class SttSession:
         except ServiceUnavailable as err:
             await self._stt_down(str(err))
             return
-        if not text:
+        if text:
+            TRANSCRIPTS.labels("ok").inc()
+            self._held.append(text)
+        else:
             TRANSCRIPTS.labels("empty").inc()
             log.info("empty transcript dropped", start_ms=utt.start_ms, end_ms=utt.end_ms)
-            return
-        TRANSCRIPTS.labels("ok").inc()
-        await publish_transcript(self.r, self.sid, text)
+        await self._release_when_quiet(utt.seq)
+
+    async def _release_when_quiet(self, seq: int) -> None:
+        """AGENT_WAIT_MS as in the original: a transcript becomes a user message only once
+        the user has been quiet for AGENT_WAIT_MS; while they go on talking it waits, and
+        joins the transcript of what they say next, as one message."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HOLD_LIMIT_S
+        while self._held and loop.time() < deadline:
+            record = await read_record(self.r, self.sid)
+            if int(record.get(keys.RECORD_UTTERANCES, 0)) > seq:
+                return  # the next utterance is on its way and takes these words along
+            if record.get(keys.RECORD_SPEAKING) == "1":
+                await asyncio.sleep(POLL_S)
+                continue
+            last_voice_ms = float(record.get(keys.RECORD_LAST_VOICE_MS, 0))
+            wait_s = (last_voice_ms + self.agent_wait_ms) / 1000 - time.time()
+            if wait_s <= 0:
+                break
+            await asyncio.sleep(wait_s)
+        if self._held:
+            text, self._held = " ".join(self._held), []
+            await publish_transcript(self.r, self.sid, text)

@@ -112,6 +112,24 @@ async def test_two_utterances_with_a_pause_give_two_turns(voice_system: TextSyst
     await client.close()
 
 
+async def test_a_short_pause_mid_sentence_gives_one_message(voice_system: TextSystem) -> None:
+    # 450 ms of silence ends an utterance (STT_WAIT_MS is 250) but the user is talking again
+    # when its transcript is ready: as in the original, the words wait and join the next ones.
+    client = await Client.connect(voice_system.gateway_port)
+    pcm = (silence(300) + synthesize_pcm16k("I would like a large pepperoni") + silence(450)
+           + synthesize_pcm16k("and a small veggie pizza") + silence(1000))
+    sender = asyncio.create_task(stream(client, pcm, FRAME_30MS))
+    got = await client.until(lambda m: len(transcripts([m])) == 1, timeout=60)
+    await sender
+    got = await until_all_spoken(client, got)
+    said = transcripts(got)
+    assert len(said) == 1, summary(got)
+    assert "pepperoni" in said[0].lower() and "veggie" in said[0].lower(), said
+    assert [m["content"] for m in got if isinstance(m, dict)].count(
+        "agent_started_thinking") == 1, summary(got)
+    await client.close()
+
+
 async def test_barge_in_clears_audio_and_nothing_stale_follows(voice_system: TextSystem) -> None:
     client = await Client.connect(voice_system.gateway_port)
     # A long spoken answer: the agent streams ten parts, each spoken.

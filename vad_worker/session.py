@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, cast
 
 import structlog
@@ -10,7 +11,8 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.keys import Stage
 from shared.messages import AudioIn, UtteranceIn
-from shared.ownership import Acker, Fields
+from shared.ownership import Acker
+from shared.redis_io import Fields, count_in_record, update_record
 from vad_worker.barge_in import barge_in
 from vad_worker.events import SpeechStarted, Utterance, VadEvent
 from vad_worker.state import SessionVadState
@@ -34,6 +36,7 @@ class VadSession:
 
     def __init__(self, r: Redis, sid: str, acker: Acker, state: SessionVadState,
                  batcher: VadBatcher, *, forward_audio: bool = False) -> None:
+        self.silence_ms = batcher.engine.params.silence_ms
         self.r, self.sid, self.acker, self.state, self.batcher = r, sid, acker, state, batcher
         # Streaming STT: audio goes on as it comes; the VAD only detects barge-in.
         self.forward_audio = forward_audio
@@ -41,6 +44,7 @@ class VadSession:
         self.uncheckpointed: list[bytes] = []
         self._checkpointed_pos = state.pos
         self.closed = False
+        self._speaking = state.triggered
 
     @classmethod
     async def restore(cls, r: Redis, sid: str, acker: Acker, batcher: VadBatcher, *,
@@ -80,18 +84,33 @@ class VadSession:
     async def publish(self, events: list[VadEvent], processed_ids: list[bytes]) -> None:
         if self.closed:
             return
+        # Before the utterance goes out: the STT stage reads this when its transcript is ready.
+        await self._report_speaking()
         for event in events:
             if isinstance(event, SpeechStarted):
                 await barge_in(self.r, self.sid)
             elif isinstance(event, Utterance) and not self.forward_audio:
+                seq = await count_in_record(self.r, self.sid, keys.RECORD_UTTERANCES)
                 log.info("utterance", session_id=self.sid, start_ms=event.start_ms,
-                         end_ms=event.end_ms)
+                         end_ms=event.end_ms, seq=seq)
                 await self.r.xadd(keys.stage_input(self.sid, Stage.STT_BRIDGE),
                                   UtteranceIn(pcm=event.pcm, start_ms=event.start_ms,
-                                              end_ms=event.end_ms).encode())
+                                              end_ms=event.end_ms, seq=seq).encode())
         self.uncheckpointed += processed_ids
         if self.state.pos - self._checkpointed_pos >= CHECKPOINT_EVERY_SAMPLES or events:
             await self._checkpoint()
+
+    async def _report_speaking(self) -> None:
+        speaking = self.state.triggered
+        if speaking == self._speaking:
+            return
+        self._speaking = speaking
+        fields: dict[str, int] = {keys.RECORD_SPEAKING: int(speaking)}
+        if not speaking:
+            # The utterance ended after silence_ms of silence: that is when the voice stopped.
+            now_ms = int(time.time() * 1000)
+            fields[keys.RECORD_LAST_VOICE_MS] = now_ms - self.silence_ms
+        await update_record(self.r, self.sid, **fields)
 
     async def _checkpoint(self) -> None:
         async with self.r.pipeline(transaction=True) as p:
