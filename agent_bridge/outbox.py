@@ -23,6 +23,7 @@ class Outbox:
 
     def __init__(self, r: Redis, sid: str, turn: int, modality: Modality) -> None:
         self.r, self.sid, self.turn, self.modality = r, sid, turn, modality
+        self._outputs = 0
 
     async def check(self) -> None:
         if is_fenced(self.turn, await fence_of(self.r, self.sid)):
@@ -32,22 +33,28 @@ class Outbox:
         """Control signals: never held behind speech."""
         await publish_reply(self.r, self.sid, reply)
 
-    async def say(self, text: str) -> None:
-        """Agent text: shown, and spoken in an audio turn."""
-        await self._emit(text, MsgType.AUDIO, speak=True)
+    async def say(self, text: str, *, agent_output: bool = True) -> None:
+        """Agent text: shown, and spoken in an audio turn. Texts of our own (notices, error
+        messages) are not agent outputs: whether they occur depends on timing, so they must
+        not shift the numbering."""
+        await self._emit(text, MsgType.AUDIO, speak=True, numbered=agent_output)
 
     async def widget(self, payload: str) -> None:
-        await self._emit(payload, MsgType.WIDGET, speak=False)
+        await self._emit(payload, MsgType.WIDGET, speak=False, numbered=True)
 
-    async def _emit(self, content: str, type_: MsgType, *, speak: bool) -> None:
+    async def _emit(self, content: str, type_: MsgType, *, speak: bool, numbered: bool) -> None:
         await self.check()
+        seq = 0
+        if numbered:
+            self._outputs += 1
+            seq = self._outputs
         if self.modality == Modality.AUDIO:
             entry = SpeakIn(kind=SpeakKind.SPEAK, turn=self.turn, text=content if speak else "",
-                            user=User.AGENT, type=type_, content=content)
+                            user=User.AGENT, type=type_, content=content, seq=seq)
             await self.r.xadd(keys.stage_input(self.sid, Stage.TTS_BRIDGE), entry.encode())
         else:
             await publish_reply(self.r, self.sid, Reply(turn=self.turn, user=User.AGENT,
-                                                        type=type_, content=content))
+                                                        type=type_, content=content, seq=seq))
 
     async def cancel_speech(self) -> None:
         await self.r.xadd(keys.stage_input(self.sid, Stage.TTS_BRIDGE),

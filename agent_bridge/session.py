@@ -10,7 +10,7 @@ from agent_bridge.turn import Turn
 from shared.config import Settings
 from shared.messages import AgentInput, InputKind
 from shared.ownership import Acker
-from shared.redis_io import Fields, append_history, fence_of, is_fenced
+from shared.redis_io import Fields, HistoryKind, append_history, fence_of, is_fenced
 from shared.serial import SerialRunner
 
 log = structlog.get_logger(__name__)
@@ -57,7 +57,8 @@ class AgentSession:
         _, entry = item
         with structlog.contextvars.bound_contextvars(session_id=self.sid):
             if entry.kind in USER_INPUTS:
-                await append_history(self.r, self.sid, {"role": "user", "content": entry.content})
+                await append_history(self.r, self.sid, HistoryKind.USER, entry.turn,
+                                     {"role": "user", "content": entry.content})
             if entry.kind == InputKind.CANCEL:
                 return
             if self._turns.pending() or is_fenced(entry.turn, await fence_of(self.r, self.sid)):

@@ -27,6 +27,7 @@ from shared.messages import (
 )
 from shared.protocols import REPLY_NODES, AgentField, AgentNode
 from shared.redis_io import (
+    HistoryKind,
     append_history,
     clear_record,
     load_agent_session,
@@ -107,7 +108,7 @@ class Turn:
                     new_messages = event[MESSAGES]
                 if GUARDRAILS in event:
                     log.info("guardrails refused the input", rules=event[GUARDRAILS])
-                    await self.out.say(GUARDRAILS_REFUSAL)
+                    await self.out.say(GUARDRAILS_REFUSAL, agent_output=False)
                     return
                 if ERROR in event:
                     raise AgentUnavailable(f"agent reported an error: {event[ERROR]}")
@@ -120,7 +121,7 @@ class Turn:
                                           else json.dumps(output))
         if not new_messages and spoken:
             new_messages = [{"role": "assistant", "content": " ".join(spoken)}]
-        await append_history(self.r, self.sid, *new_messages)
+        await append_history(self.r, self.sid, HistoryKind.REPLY, self.entry.turn, *new_messages)
 
     async def _slow_notice(self) -> None:
         delay = self.settings.AGENT_SLOW_NOTICE_MS / 1000
@@ -133,6 +134,6 @@ class Turn:
 
     async def _say_unless_fenced(self, text: str) -> None:
         try:
-            await self.out.say(text)
+            await self.out.say(text, agent_output=False)
         except TurnFenced:
             pass

@@ -30,6 +30,7 @@ class Outlet:
         self.last_id = b"0-0"
         self.fence = 0
         self._thinking_turn: int | None = None
+        self._last_seq: dict[int, int] = {}  # turn -> highest numbered output delivered
         self._queue: asyncio.Queue[Reply | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._send_loop())
         self._closer: asyncio.Task[None] | None = None
@@ -74,7 +75,16 @@ class Outlet:
                 return False
             self._thinking_turn = None
             return True
-        return not is_fenced(reply.turn, self.fence)
+        if is_fenced(reply.turn, self.fence):
+            return False
+        if reply.seq:
+            if reply.seq <= self._last_seq.get(reply.turn, 0):
+                return False  # already delivered by the run before a failover
+            if reply.turn not in self._last_seq:
+                # Only live turns matter; older entries go.
+                self._last_seq = {t: s for t, s in self._last_seq.items() if t >= self.fence}
+            self._last_seq[reply.turn] = reply.seq
+        return True
 
     async def _send_loop(self) -> None:
         while (reply := await self._queue.get()) is not None:

@@ -48,6 +48,12 @@ def history(sid: str) -> str:
     return f"{PREFIX}:{{{sid}}}:history"
 
 
+def history_marks(sid: str) -> str:
+    """Hash: per kind of history write, the last turn that wrote it (a re-run turn after a
+    failover must not append the same messages twice)."""
+    return f"{PREFIX}:{{{sid}}}:history_marks"
+
+
 def agent_session(sid: str) -> str:
     """The agent's session dict (JSON) that round-trips on every agent call."""
     return f"{PREFIX}:{{{sid}}}:agent_session"
@@ -94,7 +100,8 @@ def gateway_wake(gateway_id: str) -> str:
 
 def session_keys(sid: str) -> list[str]:
     """Every key a session owns, for expiry when it closes."""
-    keys = [session_record(sid), history(sid), agent_session(sid), turn_counter(sid), fence(sid),
+    keys = [session_record(sid), history(sid), history_marks(sid), agent_session(sid),
+            turn_counter(sid), fence(sid),
             reply(sid)]
     for stage in Stage:
         keys += [stage_input(sid, stage), checkpoint(sid, stage)]

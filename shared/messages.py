@@ -243,6 +243,7 @@ class SpeakIn(Entry):
     user: str = ""
     type: str = ""
     content: str = ""
+    seq: int = 0
 
 
 @dataclasses.dataclass
@@ -254,6 +255,9 @@ class Reply(Entry):
     type: str = ""
     content: str = ""
     pcm: bytes = b""
+    # The n-th output of the agent in this turn (0: not numbered). A turn run again after a
+    # failover numbers its outputs the same way, so the gateway drops what it already sent.
+    seq: int = 0
 
     @property
     def is_audio(self) -> bool:

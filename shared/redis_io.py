@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from enum import StrEnum
 from typing import Any, cast
 
 import structlog
@@ -187,9 +188,29 @@ async def read_record(r: Redis, sid: str) -> dict[str, str]:
 # --- per-session conversation state ------------------------------------------------------
 
 
-async def append_history(r: Redis, sid: str, *messages: dict[str, Any]) -> None:
-    if messages:
-        await r.rpush(keys.history(sid), *(json.dumps(m) for m in messages))
+# Appends once per (kind, turn): a turn handled again after a failover appends nothing new.
+_APPEND_ONCE = """
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if tonumber(ARGV[2]) <= last then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+for i = 3, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+return 1
+"""
+
+
+class HistoryKind(StrEnum):
+    USER = "user"
+    REPLY = "reply"
+
+
+async def append_history(r: Redis, sid: str, kind: HistoryKind, turn: int,
+                         *messages: dict[str, Any]) -> bool:
+    """Append ``messages`` unless this turn already appended its ``kind``."""
+    if not messages:
+        return False
+    done = await r.eval(_APPEND_ONCE, 2, keys.history(sid), keys.history_marks(sid), kind,
+                        turn, *(json.dumps(m) for m in messages))
+    return bool(done)
 
 
 async def recent_history(r: Redis, sid: str, limit: int) -> list[dict[str, Any]]:

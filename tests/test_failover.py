@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import cast
@@ -80,6 +81,32 @@ async def test_killed_replica_sessions_are_taken_over(system: TextSystem) -> Non
     assert await owner_of(r, sid) != owner
     # Failover is bounded by LEASE_MS (2 s) plus a maintenance period; generous margin here.
     assert time.monotonic() - started < 20
+    await client.close()
+    await r.aclose()
+
+
+async def test_turn_rerun_after_a_crash_reaches_the_client_once(system: TextSystem) -> None:
+    r = aioredis.from_url(system.redis_url)
+    client = await Client.connect(system.gateway_port)
+    sid = await newest_session(r, set())
+    await turn(client, "hello")
+    owner = await owner_of(r, sid)
+    await client.say("count for me [stream=6]")
+    got = await client.until(lambda m: isinstance(m, dict) and "Part 2" in m.get("content", ""))
+    system.procs[owner].kill()  # mid-turn: the new owner runs the whole turn again
+    got += await client.until(lambda m: isinstance(m, dict) and "Part 6" in m.get("content", ""),
+                              timeout=30)
+    got += await client.until(is_signal(ENDED), timeout=10)
+    got += await client.drain(1.0)
+    parts = [t for t in texts(got) if t.startswith("Part ")]
+    assert parts == [f"Part {i} of 6." for i in range(1, 7)], summary(got)
+    signals = [m["content"] for m in got if isinstance(m, dict) and m["type"] == "action"]
+    assert signals.count("agent_started_thinking") == 1, summary(got)
+    assert signals.count(ENDED) == 1, summary(got)
+    # The user's message is in the history once, however often the turn ran.
+    history = [json.loads(m) for m in await r.lrange(keys.history(sid), 0, -1)]
+    assert [m["content"] for m in history if m["role"] == "user"] == [
+        "hello", "count for me [stream=6]"], history
     await client.close()
     await r.aclose()
 

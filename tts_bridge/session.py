@@ -103,7 +103,8 @@ class TtsSession:
             return
         # The message is shown as its speech starts; later ones wait behind it.
         await publish_reply(self.r, self.sid, Reply(turn=entry.turn, user=entry.user,
-                                                    type=entry.type, content=entry.content))
+                                                    type=entry.type, content=entry.content,
+                                                    seq=entry.seq))
         if not entry.text.strip():
             SPOKEN.labels("not_spoken").inc()
             return
