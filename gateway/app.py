@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import inbound, sessions
+from gateway.audio_ingest import AudioIngest
 from gateway.auth import AuthResult, check_api_key
 from gateway.metrics import AUTH_FAILURES, BAD_FRAMES, CONNECTIONS, FRAMES_IN
 from gateway.outlet import Outlet
@@ -32,6 +33,8 @@ WS_PATH = "/api/v1/ws"
 STATIC_DIR = Path(__file__).parent / "static"
 CLOSE_TOO_BIG = 1009
 UNAVAILABLE = "the service is temporarily unavailable; your message was not delivered, retry"
+AUDIO_UNAVAILABLE = "the service is temporarily unavailable; some of your audio was lost"
+AUDIO_FRAMES_IN = FRAMES_IN.labels("audio")
 
 
 class Gateway:
@@ -39,6 +42,15 @@ class Gateway:
         self.settings, self.r = settings, r
         self.gateway_id = settings.WORKER_ID or uuid.uuid4().hex[:12]
         self.reader = ReplyReader(r, self.gateway_id)
+        self.audio = AudioIngest(r, self._audio_lost)
+
+    async def _audio_lost(self, sid: str) -> None:
+        outlet = self.reader.outlets.get(sid)
+        if outlet is not None:
+            try:
+                await self._send_error(outlet.ws, AUDIO_UNAVAILABLE)
+            except (RuntimeError, OSError):
+                pass  # the client left meanwhile
 
     async def keep_sessions_alive(self) -> None:
         while True:
@@ -118,8 +130,8 @@ class Gateway:
                     outlet.raise_fence(await inbound.publish_input(self.r, sid, msg))
                 elif data is not None:
                     inbound.check_audio_frame(data)
-                    FRAMES_IN.labels("audio").inc()
-                    await inbound.publish_audio(self.r, sid, data)
+                    AUDIO_FRAMES_IN.inc()
+                    await self.audio.put(sid, data)
             except FrameError as err:
                 BAD_FRAMES.labels("invalid").inc()
                 log.info("bad client frame", error=str(err))
@@ -144,7 +156,7 @@ def create_app(settings: Settings) -> Starlette:
         r = connect(settings.redis_url, name="gateway")
         gw = Gateway(settings, r)
         holder["gw"] = gw
-        tasks = [asyncio.create_task(gw.reader.run()),
+        tasks = [asyncio.create_task(gw.reader.run()), asyncio.create_task(gw.audio.run()),
                  asyncio.create_task(gw.keep_sessions_alive())]
         log.info("gateway started", gateway_id=gw.gateway_id)
         try:

@@ -8,14 +8,11 @@ from shared import keys
 from shared.keys import Stage
 from shared.messages import (
     AgentInput,
-    AudioIn,
     ClientInput,
     FrameError,
     parse_client_frame,
 )
 from shared.redis_io import begin_turn
-
-AUDIO_MAXLEN = 2000
 
 
 def parse_text_frame(raw: str) -> ClientInput:
@@ -38,7 +35,3 @@ async def publish_input(r: Redis, sid: str, msg: ClientInput) -> int:
     await r.xadd(keys.stage_input(sid, Stage.AGENT_BRIDGE), entry.encode())
     return turn
 
-
-async def publish_audio(r: Redis, sid: str, pcm: bytes) -> None:
-    await r.xadd(keys.stage_input(sid, Stage.VAD), AudioIn(pcm=pcm).encode(),
-                 maxlen=AUDIO_MAXLEN, approximate=True)

@@ -51,7 +51,6 @@ def connect(url: str, *, name: str = "xrx") -> Redis:
         url,
         decode_responses=False,
         client_name=name,
-        health_check_interval=15,
         socket_connect_timeout=3,
         # Longer than any blocking read here (5 s at most); redis-py's default is 5 s.
         socket_timeout=30,
