@@ -113,8 +113,8 @@ class Gateway:
         while True:
             try:
                 message = await ws.receive()
-            except WebSocketDisconnect:
-                return
+            except (WebSocketDisconnect, RuntimeError):
+                return  # gone, or closed by us (a client that stopped reading)
             if message["type"] == "websocket.disconnect":
                 return
             text, data = message.get("text"), message.get("bytes")
