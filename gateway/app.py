@@ -24,7 +24,14 @@ from gateway.outlet import Outlet
 from gateway.replies import ReplyReader, stop_task
 from shared.config import DEFAULT_API_KEY, Settings
 from shared.health import health_routes
-from shared.messages import FrameError, MsgType, User, client_message
+from shared.messages import (
+    FrameError,
+    MsgType,
+    User,
+    check_audio_frame,
+    client_message,
+    parse_client_frame,
+)
 from shared.redis_io import TRANSIENT, connect, ping
 
 log = structlog.get_logger(__name__)
@@ -125,11 +132,11 @@ class Gateway:
                 return
             try:
                 if text is not None:
-                    msg = inbound.parse_text_frame(text)
+                    msg = parse_client_frame(text)
                     FRAMES_IN.labels(msg.kind.value).inc()
                     outlet.raise_fence(await inbound.publish_input(self.r, sid, msg))
                 elif data is not None:
-                    inbound.check_audio_frame(data)
+                    check_audio_frame(data)
                     AUDIO_FRAMES_IN.inc()
                     await self.audio.put(sid, data)
             except FrameError as err:

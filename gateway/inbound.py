@@ -1,4 +1,4 @@
-"""Client frames -> Redis Streams. Every frame is validated here, once."""
+"""Client text and actions -> the agent stage's stream, each starting a turn."""
 
 from __future__ import annotations
 
@@ -6,25 +6,8 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.keys import Stage
-from shared.messages import (
-    AgentInput,
-    ClientInput,
-    FrameError,
-    parse_client_frame,
-)
+from shared.messages import AgentInput, ClientInput
 from shared.redis_io import begin_turn
-
-
-def parse_text_frame(raw: str) -> ClientInput:
-    return parse_client_frame(raw)
-
-
-def check_audio_frame(data: bytes) -> None:
-    if not data:
-        raise FrameError("empty binary frame: expected 16-bit PCM samples")
-    if len(data) % 2:
-        raise FrameError(
-            f"binary frame of {len(data)} bytes is not whole 16-bit samples (odd length)")
 
 
 async def publish_input(r: Redis, sid: str, msg: ClientInput) -> int:

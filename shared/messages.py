@@ -108,6 +108,15 @@ def parse_client_frame(raw: str) -> ClientInput:
     raise FrameError(f"unknown type {kind!r}: expected 'text' or 'action'")
 
 
+def check_audio_frame(data: bytes) -> None:
+    """A binary client frame must be whole s16le samples."""
+    if not data:
+        raise FrameError("empty binary frame: expected 16-bit PCM samples")
+    if len(data) % 2:
+        raise FrameError(
+            f"binary frame of {len(data)} bytes is not whole 16-bit samples (odd length)")
+
+
 def _modality(value: object) -> Modality:
     try:
         return Modality(str(value))
