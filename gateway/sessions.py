@@ -10,10 +10,7 @@ from shared import keys
 from shared.keys import Stage
 from shared.messages import AgentInput, AudioIn, Entry, InputKind, SpeakIn, SpeakKind, UtteranceIn
 from shared.ownership import offer_session
-from shared.redis_io import STATE_TTL_S
-
-# Long enough for every stage to read the close marker and finish, short enough to bound memory.
-CLOSED_KEYS_TTL_S = 30
+from shared.redis_io import STATE_TTL_S, expire_session
 
 _CLOSE_MARKERS: dict[Stage, Entry] = {
     Stage.AGENT_BRIDGE: AgentInput(kind=InputKind.CLOSE),
@@ -61,6 +58,5 @@ async def close_session(r: Redis, sid: str) -> None:
         p.delete(keys.session_record(sid))
         for stage, marker in _CLOSE_MARKERS.items():
             p.xadd(keys.stage_input(sid, stage), marker.encode())
-        for key in keys.session_keys(sid):
-            p.expire(key, CLOSED_KEYS_TTL_S)
+        expire_session(p, sid)
         await p.execute()

@@ -26,7 +26,14 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.keys import Stage
 from shared.messages import OwnershipClaim
-from shared.redis_io import TRANSIENT, Backoff, Fields, ensure_group, read_group
+from shared.redis_io import (
+    TRANSIENT,
+    Backoff,
+    Fields,
+    ensure_group,
+    expire_session,
+    read_group,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -219,9 +226,13 @@ class StageWorker:
                 if handler is not None:
                     await handler.close(handing_over=True)
             elif not await self.r.exists(keys.session_record(sid)):
+                # Its gateway vanished without closing it: reap the session and its keys.
                 log.info("session record expired, closing", stage=self.stage.value,
                          session_id=sid)
                 await self._close(sid)
+                async with self.r.pipeline(transaction=False) as p:
+                    expire_session(p, sid)
+                    await p.execute()
 
     async def _take_over_orphans(self) -> None:
         _, claimed, _ = await self.r.xautoclaim(self.queue, self.group, self.consumer,

@@ -12,6 +12,7 @@ from typing import Any, cast
 import structlog
 from redis import exceptions as rexc
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -147,6 +148,15 @@ async def publish_reply(r: Redis, sid: str, reply: Reply) -> bytes:
 
 
 # --- the session record -------------------------------------------------------------------
+
+# Long enough for every stage to read a close marker and finish, short enough to bound memory.
+CLOSED_KEYS_TTL_S = 30
+
+
+def expire_session(p: Pipeline, sid: str) -> None:
+    """Queue the expiry of every key of an ended session on pipeline ``p``."""
+    for key in keys.session_keys(sid):
+        p.expire(key, CLOSED_KEYS_TTL_S)
 
 # Workers write to a session's record only while it exists: a write after the gateway closed
 # the session must not bring the record back to life.

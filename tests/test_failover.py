@@ -109,6 +109,20 @@ async def test_turn_rerun_after_a_crash_reaches_the_client_once(system: TextSyst
     await r.aclose()
 
 
+async def test_sessions_of_a_vanished_gateway_are_reaped(system: TextSystem) -> None:
+    r, _client, sid, _ = await owned_session(system)
+    system.procs["gateway"].kill()  # no close: the session record's TTL (6 s here) runs out
+    for _ in range(150):
+        if await r.ttl(keys.history(sid)) > 0:
+            break
+        await asyncio.sleep(0.1)
+    assert not await r.exists(keys.session_record(sid))
+    for key in (keys.history(sid), keys.agent_session(sid),
+                keys.stage_input(sid, Stage.AGENT_BRIDGE)):
+        assert 0 < await r.ttl(key) <= 30, key  # expiring: nothing of it stays behind
+    await r.aclose()
+
+
 async def test_sigterm_finishes_the_running_turn_then_hands_the_session_over(
         system: TextSystem) -> None:
     r, client, sid, owner = await owned_session(system)
