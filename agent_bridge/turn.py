@@ -41,9 +41,6 @@ log = structlog.get_logger(__name__)
 TURNS = Counter("xrx_agent_turns_total", "Agent turns by outcome", ["outcome"])
 FIRST_OUTPUT = Histogram("xrx_agent_first_output_seconds", "Agent call to first output")
 
-NODE, OUTPUT, SESSION, MESSAGES, GUARDRAILS, ERROR = (
-    AgentField.NODE, AgentField.OUTPUT, AgentField.SESSION, AgentField.MESSAGES,
-    AgentField.GUARDRAILS, AgentField.ERROR)
 
 
 class Turn:
@@ -102,17 +99,17 @@ class Turn:
                 if not self._produced.is_set():
                     FIRST_OUTPUT.observe(time.monotonic() - started)
                 self._produced.set()
-                if isinstance(event.get(SESSION), dict):
-                    await store_agent_session(self.r, self.sid, event[SESSION])
-                if isinstance(event.get(MESSAGES), list):
-                    new_messages = event[MESSAGES]
-                if GUARDRAILS in event:
-                    log.info("guardrails refused the input", rules=event[GUARDRAILS])
+                if isinstance(event.get(AgentField.SESSION), dict):
+                    await store_agent_session(self.r, self.sid, event[AgentField.SESSION])
+                if isinstance(event.get(AgentField.MESSAGES), list):
+                    new_messages = event[AgentField.MESSAGES]
+                if AgentField.GUARDRAILS in event:
+                    log.info("guardrails refused the input", rules=event[AgentField.GUARDRAILS])
                     await self.out.say(GUARDRAILS_REFUSAL, agent_output=False)
                     return
-                if ERROR in event:
-                    raise AgentUnavailable(f"agent reported an error: {event[ERROR]}")
-                node, output = event.get(NODE), event.get(OUTPUT)
+                if AgentField.ERROR in event:
+                    raise AgentUnavailable(f"agent reported an error: {event[AgentField.ERROR]}")
+                node, output = event.get(AgentField.NODE), event.get(AgentField.OUTPUT)
                 if node in REPLY_NODES and output:
                     await self.out.say(str(output))
                     spoken.append(str(output))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,13 +108,8 @@ async def spoken_turn(port: int, utt: Utterance) -> dict[str, float]:
     marks: dict[str, float] = {}
     got: list[tuple[float, Message]] = []
     try:
-        sender = asyncio.create_task(stream(client, utt, marks))
-        try:
+        async with _speaking(client, utt, marks):
             await _receive(client, got, _all_spoken)
-        finally:
-            if not sender.done():
-                sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
     finally:
         await client.close()
     end = marks["speech_end"]
@@ -127,6 +123,19 @@ async def spoken_turn(port: int, utt: Utterance) -> dict[str, float]:
     return out
 
 
+@asynccontextmanager
+async def _speaking(client: Client, utt: Utterance,
+                    marks: dict[str, float]) -> AsyncIterator[None]:
+    """Stream ``utt`` in the background for the block's duration; stop it on the way out."""
+    sender = asyncio.create_task(stream(client, utt, marks))
+    try:
+        yield
+    finally:
+        if not sender.done():
+            sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+
+
 async def barge_in(port: int, utt: Utterance) -> float:
     """Seconds from the start of speech, while the agent speaks, to ``clear_audio_buffer``."""
     client = await Client.connect(port)
@@ -135,8 +144,7 @@ async def barge_in(port: int, utt: Utterance) -> float:
     try:
         await client.send_json(LONG_REPLY)
         await client.until(lambda m: isinstance(m, bytes), timeout=30)
-        sender = asyncio.create_task(stream(client, utt, marks))
-        try:
+        async with _speaking(client, utt, marks):
             await _receive(client, got, lambda ms: any(
                 isinstance(m, dict) and m.get("content") == CLEAR for m in ms), timeout=30)
             cleared = _first(got, lambda m: isinstance(m, dict) and m.get("content") == CLEAR)
@@ -149,10 +157,6 @@ async def barge_in(port: int, utt: Utterance) -> float:
                                and _all_spoken(ms[[_is_transcript(m) for m in ms].index(True):]))
             except TimeoutError:
                 pass
-        finally:
-            if not sender.done():
-                sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
     finally:
         await client.close()
     return reaction

@@ -34,10 +34,8 @@ class WsPool:
         self._retry_at = 0.0
 
     async def open(self) -> ClientConnection:
-        """A connection the caller keeps (streaming), under the same backoff."""
-        return await self._connect()
-
-    async def _connect(self) -> ClientConnection:
+        """A new connection, under the backoff; the pool reuses it only via ``connection``,
+        a caller that streams keeps it."""
         wait = self._retry_at - time.monotonic()
         if wait > 0:
             raise ServiceUnavailable(f"{self.url} is down; next attempt in {wait:.1f}s")
@@ -57,7 +55,7 @@ class WsPool:
     async def connection(self) -> AsyncIterator[ClientConnection]:
         while self._idle and self._idle[-1].state is not websockets.State.OPEN:
             await self._idle.pop().close()  # the service closed it while idle (a restart)
-        ws = self._idle.pop() if self._idle else await self._connect()
+        ws = self._idle.pop() if self._idle else await self.open()
         healthy = False
         try:
             yield ws

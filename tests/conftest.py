@@ -42,6 +42,16 @@ class TextSystem:
         proc.start(wait_for_port=port if port is not None else health)
         return proc
 
+    def start_text_pipeline(self, *, guardrails: bool) -> None:
+        """Demo agent (behind guardrails or not), two agent-bridge replicas and a gateway."""
+        self.start("demo-agent", "demo-agent", int(self.env["AGENT_PORT"]))
+        if guardrails:
+            self.start("guardrails", "guardrails", int(self.env["GUARDRAILS_AGENT_PORT"]))
+        self.start("bridge-a", "agent-bridge")
+        self.start("bridge-b", "agent-bridge")
+        self.start("gateway", "gateway", self.gateway_port)
+        wait_ready(f"http://127.0.0.1:{self.gateway_port}/readyz")
+
     def stop_all(self) -> None:
         for proc in reversed(list(self.procs.values())):
             proc.terminate()
@@ -68,12 +78,7 @@ def make_env(redis: RedisServer, db: int, **overrides: str) -> dict[str, str]:
 def text_system(redis_server: RedisServer) -> Iterator[TextSystem]:
     system = TextSystem(redis_server, 1, make_env(redis_server, 1))
     try:
-        system.start("demo-agent", "demo-agent", int(system.env["AGENT_PORT"]))
-        system.start("guardrails", "guardrails", int(system.env["GUARDRAILS_AGENT_PORT"]))
-        system.start("bridge-a", "agent-bridge")
-        system.start("bridge-b", "agent-bridge")
-        system.start("gateway", "gateway", system.gateway_port)
-        wait_ready(f"http://127.0.0.1:{system.gateway_port}/readyz")
+        system.start_text_pipeline(guardrails=True)
         yield system
     finally:
         system.stop_all()

@@ -15,7 +15,7 @@ from shared import keys
 from shared.keys import Stage
 from shared.messages import OwnershipClaim
 from tests.conftest import TextSystem, make_env
-from tests.harness import Client, RedisServer, is_signal, summary, texts, wait_ready
+from tests.harness import Client, RedisServer, is_signal, summary, texts
 
 ENDED = "agent_ended_thinking"
 
@@ -35,11 +35,7 @@ def system(own_redis: RedisServer) -> Iterator[TextSystem]:
     env = make_env(own_redis, 0, GUARDRAILS_AGENT_HOST="", LEASE_MS="2000", SESSION_TTL_S="6")
     system = TextSystem(own_redis, 0, env)
     try:
-        system.start("demo-agent", "demo-agent", int(env["AGENT_PORT"]))
-        system.start("bridge-a", "agent-bridge")
-        system.start("bridge-b", "agent-bridge")
-        system.start("gateway", "gateway", system.gateway_port)
-        wait_ready(f"http://127.0.0.1:{system.gateway_port}/readyz")
+        system.start_text_pipeline(guardrails=False)
         yield system
     finally:
         system.stop_all()
