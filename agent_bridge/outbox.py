@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import topology
 from shared.keys import Stage
 from shared.messages import Modality, MsgType, Reply, SpeakIn, SpeakKind, User
-from shared.redis_io import fence_of, is_fenced, publish_reply
+from shared.turns import fence_of, is_fenced
 
 
 class TurnFenced(Exception):
@@ -31,7 +31,7 @@ class Outbox:
 
     async def direct(self, reply: Reply) -> None:
         """Control signals: never held behind speech."""
-        await publish_reply(self.r, self.sid, reply)
+        await topology.reply(self.r, reply)
 
     async def say(self, text: str, *, agent_output: bool = True) -> None:
         """Agent text: shown, and spoken in an audio turn. Texts of our own (notices, error
@@ -49,13 +49,15 @@ class Outbox:
             self._outputs += 1
             seq = self._outputs
         if self.modality == Modality.AUDIO:
-            entry = SpeakIn(kind=SpeakKind.SPEAK, turn=self.turn, text=content if speak else "",
-                            user=User.AGENT, type=type_, content=content, seq=seq)
-            await self.r.xadd(keys.stage_input(self.sid, Stage.TTS_BRIDGE), entry.encode())
+            await topology.send(self.r, Stage.TTS_BRIDGE, SpeakIn(
+                session_id=self.sid, kind=SpeakKind.SPEAK, turn=self.turn,
+                text=content if speak else "", user=User.AGENT, type=type_, content=content,
+                seq=seq))
         else:
-            await publish_reply(self.r, self.sid, Reply(turn=self.turn, user=User.AGENT,
-                                                        type=type_, content=content, seq=seq))
+            await topology.reply(self.r, Reply(session_id=self.sid, turn=self.turn,
+                                               user=User.AGENT, type=type_, content=content,
+                                               seq=seq))
 
     async def cancel_speech(self) -> None:
-        await self.r.xadd(keys.stage_input(self.sid, Stage.TTS_BRIDGE),
-                          SpeakIn(kind=SpeakKind.CANCEL, turn=self.turn).encode())
+        await topology.send(self.r, Stage.TTS_BRIDGE,
+                            SpeakIn(session_id=self.sid, kind=SpeakKind.CANCEL, turn=self.turn))

@@ -8,10 +8,12 @@ from redis.asyncio import Redis
 from agent_bridge.agent_client import AgentClient
 from agent_bridge.turn import Turn
 from shared.config import Settings
+from shared.history import HistoryKind, append_history
 from shared.messages import AgentInput, InputKind
 from shared.ownership import Acker
-from shared.redis_io import Fields, HistoryKind, append_history, fence_of, is_fenced
+from shared.redis_io import Fields
 from shared.serial import SerialRunner
+from shared.turns import fence_of, is_fenced
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +36,7 @@ class AgentSession:
         entry = AgentInput.decode(fields)
         if entry.kind == InputKind.CLOSE:
             await self._turns.stop()
-            await self.acker.ack(entry_id, *(i for i, _ in self._turns.take()))
+            self.acker.ack(entry_id, *(i for i, _ in self._turns.take()))
             return True
         # Whatever comes next supersedes the turn in flight (the original's behaviour).
         self._turns.cancel_current()
@@ -51,7 +53,7 @@ class AgentSession:
     async def _finished(self, item: Item, cancelled: bool) -> None:
         if cancelled and self._handing_over:
             return
-        await self.acker.ack(item[0])
+        self.acker.ack(item[0])
 
     async def _process(self, item: Item) -> None:
         _, entry = item

@@ -15,6 +15,13 @@ from agent_bridge.agent_client import AgentClient, AgentUnavailable
 from agent_bridge.outbox import Outbox, TurnFenced
 from shared import keys
 from shared.config import Settings
+from shared.history import (
+    HistoryKind,
+    append_history,
+    load_agent_session,
+    recent_history,
+    store_agent_session,
+)
 from shared.messages import (
     AGENT_ERROR_REPLY,
     GUARDRAILS_REFUSAL,
@@ -26,15 +33,7 @@ from shared.messages import (
     signal,
 )
 from shared.protocols import REPLY_NODES, AgentField, AgentNode
-from shared.redis_io import (
-    HistoryKind,
-    append_history,
-    clear_record,
-    load_agent_session,
-    recent_history,
-    store_agent_session,
-    update_record,
-)
+from shared.session_record import clear_record, update_record
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +54,7 @@ class Turn:
         """Run to completion; cancellation (a newer input, barge-in) aborts the agent call."""
         outcome = "completed"
         await update_record(self.r, self.sid, **{keys.RECORD_AGENT_BUSY: self.entry.turn})
-        await self.out.direct(signal(self.entry.turn, Signal.STARTED_THINKING))
+        await self.out.direct(signal(self.sid, self.entry.turn, Signal.STARTED_THINKING))
         watchdog = asyncio.create_task(self._slow_notice())
         try:
             await self._call_agent()
@@ -77,13 +76,13 @@ class Turn:
 
     async def _close_turn(self) -> None:
         await clear_record(self.r, self.sid, keys.RECORD_AGENT_BUSY, keys.RECORD_AGENT_TASK)
-        await self.out.direct(signal(self.entry.turn, Signal.ENDED_THINKING))
+        await self.out.direct(signal(self.sid, self.entry.turn, Signal.ENDED_THINKING))
 
     async def _abandon(self) -> None:
         await self.agent.cancel(self.task_id)
         if self.entry.modality == Modality.AUDIO:
             await self.out.cancel_speech()
-        await self.out.direct(signal(0, Signal.CLEAR_AUDIO_BUFFER, User.SYSTEM))
+        await self.out.direct(signal(self.sid, 0, Signal.CLEAR_AUDIO_BUFFER, User.SYSTEM))
 
     async def _call_agent(self) -> None:
         history = await recent_history(self.r, self.sid, self.settings.MAX_AGENT_MESSAGES)

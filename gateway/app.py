@@ -48,7 +48,7 @@ class Gateway:
     def __init__(self, settings: Settings, r: Redis) -> None:
         self.settings, self.r = settings, r
         self.gateway_id = settings.WORKER_ID or uuid.uuid4().hex[:12]
-        self.reader = ReplyReader(r, self.gateway_id)
+        self.reader = ReplyReader(r)
         self.audio = AudioIngest(r, self._audio_lost)
 
     async def _audio_lost(self, sid: str) -> None:
@@ -102,7 +102,7 @@ class Gateway:
                 if self.settings.INITIAL_RESPONSE:
                     await ws.send_text(client_message(User.AGENT, self.settings.INITIAL_RESPONSE,
                                                       MsgType.TEXT))
-                await self.reader.add(outlet)
+                self.reader.add(outlet)
                 await self._receive(ws, sid, outlet)
             finally:
                 CONNECTIONS.dec()

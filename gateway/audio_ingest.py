@@ -1,9 +1,10 @@
-"""Client audio -> the sessions' VAD streams, many frames per Redis round trip.
+"""Client audio -> the VAD stage, many frames per Redis round trip.
 
-Per-command overhead in the Redis client, not Redis, bounds how many frames a gateway can
-take: one writer drains every frame waiting across all connections and sends them in one
-pipeline, so the batch widens by itself as load grows (the same idea as the VAD batcher).
-Frames of one session keep their order: one queue, one writer.
+Per-command overhead, in the Redis client and in every stage downstream, bounds how many
+frames the system can take: one writer drains every frame waiting across all connections,
+joins each session's frames into one entry and sends them all in one pipeline, so entries
+grow and round trips stay few as load grows (the same idea as the VAD batcher). Frames of
+one session keep their order: one queue, one writer.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ import structlog
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import topology
 from shared.keys import Stage
 from shared.messages import AudioIn
 from shared.redis_io import TRANSIENT
 
 log = structlog.get_logger(__name__)
 
-AUDIO_MAXLEN = 2000
-MAX_BATCH = 512
+MAX_BATCH = 4096
 # Frames waiting for Redis before a client's receive loop has to wait (TCP backpressure).
 MAX_WAITING = 20_000
 
@@ -48,14 +48,17 @@ class AudioIngest:
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             BATCH_FRAMES.observe(len(batch))
+            by_session: dict[str, list[bytes]] = {}
+            for sid, pcm in batch:
+                by_session.setdefault(sid, []).append(pcm)
             try:
                 async with self.r.pipeline(transaction=False) as p:
-                    for sid, pcm in batch:
-                        p.xadd(keys.stage_input(sid, Stage.VAD), AudioIn(pcm=pcm).encode(),
-                               maxlen=AUDIO_MAXLEN, approximate=True)
+                    for sid, frames in by_session.items():
+                        topology.send(p, Stage.VAD, AudioIn(session_id=sid,
+                                                            pcm=b"".join(frames)))
                     await p.execute()
             except TRANSIENT as err:
                 log.warning("redis unavailable, audio frames lost", frames=len(batch),
                             error=str(err))
-                for sid in dict.fromkeys(s for s, _ in batch):
+                for sid in by_session:
                     await self.on_lost(sid)

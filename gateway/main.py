@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from gateway.app import create_app
+from shared import topology
 from shared.config import load_settings
 from shared.logs import configure_logging
 
@@ -12,6 +13,7 @@ from shared.logs import configure_logging
 def run() -> None:
     settings = load_settings()
     configure_logging(settings, "gateway")
+    topology.configure(settings.PARTITIONS)
     uvicorn.run(create_app(settings), host=settings.GATEWAY_HOST, port=settings.GATEWAY_PORT,
                 ws_max_size=settings.MAX_FRAME_BYTES, log_config=None,
                 timeout_graceful_shutdown=10)

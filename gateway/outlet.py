@@ -9,7 +9,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from gateway.metrics import FENCED_DROPPED, REPLIES_OUT
 from shared.messages import Reply, Signal
-from shared.redis_io import is_fenced
+from shared.turns import is_fenced
 
 log = structlog.get_logger(__name__)
 

@@ -1,4 +1,4 @@
-"""Reads every reply stream of this gateway's sessions with one blocking XREAD."""
+"""Reads the reply partitions with one blocking XREAD and hands each reply to its client."""
 
 from __future__ import annotations
 
@@ -8,41 +8,34 @@ import structlog
 from redis.asyncio import Redis
 
 from gateway.outlet import Outlet
-from shared import keys
-from shared.messages import Reply
+from shared import topology
+from shared.messages import Reply, session_of
 from shared.redis_io import TRANSIENT, Backoff, read_streams
 
 log = structlog.get_logger(__name__)
 
-BLOCK_MS = 5000
-WAKE_MAXLEN = 100
+BLOCK_MS = 1000
+READ_COUNT = 2000
 
 
 class ReplyReader:
-    """One task per gateway process reads the reply streams of all its sessions.
+    """One task per gateway process reads every reply partition, from where it last read.
 
-    A blocked XREAD only covers the sessions it was started with, so adding a session writes
-    to this gateway's wake stream, which every read includes.
+    The read lists a fixed number of streams however many sessions the gateway serves;
+    replies for sessions held by other gateways are skipped after reading one field.
     """
 
-    def __init__(self, r: Redis, gateway_id: str) -> None:
+    def __init__(self, r: Redis) -> None:
         self.r = r
-        self.wake_key = keys.gateway_wake(gateway_id)
         self.outlets: dict[str, Outlet] = {}
-        self._wake_last: bytes = b"$"
-        self._by_stream: dict[bytes, str] = {}
+        # "$" until the first read: replies written before this gateway started are not ours.
+        self._last: dict[str, bytes] = dict.fromkeys(topology.reply_streams(), b"$")
 
-    async def add(self, outlet: Outlet) -> None:
+    def add(self, outlet: Outlet) -> None:
         self.outlets[outlet.sid] = outlet
-        self._by_stream[keys.reply(outlet.sid).encode()] = outlet.sid
-        await self.wake()
 
     def remove(self, sid: str) -> None:
         self.outlets.pop(sid, None)
-        self._by_stream.pop(keys.reply(sid).encode(), None)
-
-    async def wake(self) -> None:
-        await self.r.xadd(self.wake_key, {"wake": 1}, maxlen=WAKE_MAXLEN, approximate=True)
 
     async def run(self) -> None:
         backoff = Backoff()
@@ -55,23 +48,32 @@ class ReplyReader:
                 await backoff.sleep()
 
     async def _read_once(self) -> None:
-        streams: dict[str, bytes] = {self.wake_key: self._wake_last}
-        for sid, session in self.outlets.items():
-            streams[keys.reply(sid)] = session.last_id
-        batch = await read_streams(self.r, streams, count=500, block_ms=BLOCK_MS)
+        if any(v == b"$" for v in self._last.values()):
+            await self._start_at_tail()
+        batch = await read_streams(self.r, dict(self._last), count=READ_COUNT,
+                                   block_ms=BLOCK_MS)
         for stream, entries in batch:
-            if stream == self.wake_key.encode():
-                self._wake_last = entries[-1][0]
-                continue
-            outlet = self.outlets.get(self._by_stream.get(stream, ""))
-            if outlet is None:
-                continue
-            # Barge-in raises the fence in Redis from another process: read it once per batch.
-            raw = await self.r.get(keys.fence(outlet.sid))
-            if raw:
-                outlet.raise_fence(int(raw))
+            self._last[stream.decode()] = entries[-1][0]
             for entry_id, fields in entries:
-                outlet.push(entry_id, Reply.decode(fields))
+                outlet = self.outlets.get(session_of(fields))
+                if outlet is not None:
+                    reply = Reply.decode(fields)
+                    if reply.fence:
+                        outlet.raise_fence(reply.fence)
+                    outlet.push(entry_id, reply)
+
+    async def _start_at_tail(self) -> None:
+        """Pin "$" to the current last ids, so a read that returns early does not skip what
+        arrives before the next read."""
+        async with self.r.pipeline(transaction=False) as p:
+            for stream in self._last:
+                p.xinfo_stream(stream)
+            infos = await p.execute(raise_on_error=False)
+        for stream, info in zip(list(self._last), infos, strict=True):
+            if isinstance(info, dict):
+                self._last[stream] = info["last-generated-id"]
+            else:
+                self._last[stream] = b"0-0"  # no such stream yet: everything in it is new
 
 
 async def stop_task(task: asyncio.Task[None]) -> None:

@@ -1,4 +1,9 @@
-"""A client session's life in Redis: opened on connect, kept alive, closed on disconnect."""
+"""A client session's life in Redis: opened on connect, kept alive, closed on disconnect.
+
+Opening writes only the session record: the stages own a session through the partition its
+id hashes to, so there is nothing to offer them and no window in which a session exists
+without owners.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,14 @@ import time
 
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.keys import Stage
-from shared.messages import AgentInput, AudioIn, Entry, InputKind, SpeakIn, SpeakKind, UtteranceIn
-from shared.ownership import offer_session
-from shared.redis_io import STATE_TTL_S, expire_session
-
-_CLOSE_MARKERS: dict[Stage, Entry] = {
-    Stage.AGENT_BRIDGE: AgentInput(kind=InputKind.CLOSE),
-    Stage.VAD: AudioIn(close=True),
-    Stage.STT_BRIDGE: UtteranceIn(close=True),
-    Stage.TTS_BRIDGE: SpeakIn(kind=SpeakKind.CLOSE),
-}
+from shared import keys, topology
+from shared.session_record import expire_session
+from shared.turns import STATE_TTL_S
 
 
 async def open_session(r: Redis, sid: str, gateway_id: str, ttl_s: int,
                        last_turn: int = 0) -> None:
-    """Register the session and offer it to every stage.
+    """Register the session.
 
     ``last_turn`` re-seeds the turn counter when a session is registered again after Redis
     lost it, so turn numbers keep growing and the client-side fence stays meaningful.
@@ -37,8 +33,6 @@ async def open_session(r: Redis, sid: str, gateway_id: str, ttl_s: int,
             p.set(keys.turn_counter(sid), last_turn, nx=True, ex=STATE_TTL_S)
             p.set(keys.fence(sid), last_turn, nx=True, ex=STATE_TTL_S)
         await p.execute()
-    for stage in Stage:
-        await offer_session(r, stage, sid)
 
 
 async def refresh_sessions(r: Redis, sids: list[str], ttl_s: int) -> list[str]:
@@ -56,7 +50,7 @@ async def close_session(r: Redis, sid: str) -> None:
     """Tell every stage the session is over, then let its keys expire."""
     async with r.pipeline(transaction=False) as p:
         p.delete(keys.session_record(sid))
-        for stage, marker in _CLOSE_MARKERS.items():
-            p.xadd(keys.stage_input(sid, stage), marker.encode())
+        for stage, marker in topology.close_markers(sid):
+            topology.send(p, stage, marker)
         expire_session(p, sid)
         await p.execute()

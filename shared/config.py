@@ -86,7 +86,13 @@ class Settings(BaseSettings):
     LOG_LEVEL: str = "INFO"
     HEALTH_PORT: int = Field(-1, ge=-1, le=65535)
     WORKER_ID: str = ""
-    LEASE_MS: int = Field(10000, ge=500)
+    LEASE_MS: int = Field(3000, ge=500)
+    # Partition streams per stage; every process of a deployment must use the same number,
+    # and it bounds how many replicas of one stage can share the work.
+    PARTITIONS: int = Field(32, ge=1, le=1024)
+    # Audio older than this when the VAD reads it is dropped (the client is told once):
+    # under overload the backlog is shed instead of growing without bound.
+    VAD_MAX_LAG_MS: int = Field(3000, ge=100)
 
     @field_validator("SAMPLE_RATE")
     @classmethod

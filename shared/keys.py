@@ -28,12 +28,6 @@ RECORD_AGENT_TASK = "agent_task"
 # Turn numbers of work in progress, read by barge-in to know whether there is anything to stop.
 RECORD_AGENT_BUSY = "agent_busy"
 RECORD_TTS_BUSY = "tts_busy"
-# Whether the user is talking now (VAD), and when their voice last stopped (wall-clock ms):
-# a transcript waits while the user goes on talking (AGENT_WAIT_MS).
-RECORD_SPEAKING = "speaking"
-RECORD_LAST_VOICE_MS = "last_voice_ms"
-# Utterances the VAD has sent to STT so far; each carries its number.
-RECORD_UTTERANCES = "utterances"
 # Wall-clock time (ms) until which the client is still playing audio already sent to it.
 RECORD_PLAYBACK_UNTIL = "playback_until_ms"
 
@@ -68,41 +62,58 @@ def fence(sid: str) -> str:
     return f"{PREFIX}:{{{sid}}}:fence"
 
 
-def stage_input(sid: str, stage: Stage) -> str:
-    """The per-session input stream a stage consumes, in order, for one session."""
-    return f"{PREFIX}:{{{sid}}}:in:{stage.value}"
-
-
-def reply(sid: str) -> str:
-    """The session's reply stream, read by the gateway that holds the client connection."""
-    return f"{PREFIX}:{{{sid}}}:reply"
-
-
 def checkpoint(sid: str, stage: Stage) -> str:
     """A stage's serialised per-session state, so another replica can resume the session."""
     return f"{PREFIX}:{{{sid}}}:state:{stage.value}"
 
 
-def utterance(sid: str, utterance_id: str) -> str:
-    """Audio of one finished utterance, referenced from the STT stage's input entry."""
-    return f"{PREFIX}:{{{sid}}}:utt:{utterance_id}"
+def checkpoint_audio(sid: str, stage: Stage) -> str:
+    """Audio that belongs to a checkpoint (the utterance in progress), appended as it grows
+    rather than copied whole on every save."""
+    return f"{PREFIX}:{{{sid}}}:state:{stage.value}:audio"
 
 
-def ownership_queue(stage: Stage) -> str:
-    """One entry per open session; the replica holding it pending owns the session."""
-    return f"{PREFIX}:owners:{stage.value}"
+# --- partitions ----------------------------------------------------------------------------
+# A stage reads a fixed number of partition streams; a session's entries for a stage all go to
+# one partition (shared/topology.py), so a replica's read costs the same however many sessions
+# it serves. A partition's keys share the hash tag ``{<stage>.<n>}``: one Redis Cluster slot.
+
+REPLIES = "reply"  # the partitions of replies to clients, read by the gateways
 
 
-def gateway_wake(gateway_id: str) -> str:
-    """Wakes a gateway's blocked reply reader when its set of sessions changes."""
-    return f"{PREFIX}:gateway:{gateway_id}:wake"
+def partition_tag(name: str, n: int) -> str:
+    return f"{{{name}.{n}}}"
+
+
+def stage_partition(stage: Stage, n: int) -> str:
+    """Partition ``n`` of a stage's input: entries of many sessions, each in session order."""
+    return f"{PREFIX}:{partition_tag(stage.value, n)}:in"
+
+
+def reply_partition(n: int) -> str:
+    """Partition ``n`` of the replies to clients."""
+    return f"{PREFIX}:{partition_tag(REPLIES, n)}:out"
+
+
+def partition_lease(stage: Stage, n: int) -> str:
+    """Who holds partition ``n`` of a stage, as ``<replica> <epoch>``; expires unless renewed."""
+    return f"{PREFIX}:{partition_tag(stage.value, n)}:lease"
+
+
+def partition_epoch(stage: Stage, n: int) -> str:
+    """Counts the leases ever granted on a partition: a later holder has a higher epoch."""
+    return f"{PREFIX}:{partition_tag(stage.value, n)}:epoch"
+
+
+def stage_members(stage: Stage) -> str:
+    """Sorted set of a stage's live replicas, scored by their last heartbeat (ms)."""
+    return f"{PREFIX}:members:{stage.value}"
 
 
 def session_keys(sid: str) -> list[str]:
     """Every key a session owns, for expiry when it closes."""
     keys = [session_record(sid), history(sid), history_marks(sid), agent_session(sid),
-            turn_counter(sid), fence(sid),
-            reply(sid)]
+            turn_counter(sid), fence(sid)]
     for stage in Stage:
-        keys += [stage_input(sid, stage), checkpoint(sid, stage)]
+        keys += [checkpoint(sid, stage), checkpoint_audio(sid, stage)]
     return keys

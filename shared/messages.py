@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -146,66 +147,88 @@ def _parse_action(content: object) -> dict[str, Any]:
 # --- stream entries ------------------------------------------------------------------------
 
 E = TypeVar("E", bound="Entry")
+# name, stream field, parser, default
+_Field = tuple[str, bytes, Callable[[bytes], Any], Any]
 
 
 class Entry:
-    """Base for stream entries: dataclass attributes map one-to-one to stream fields."""
+    """Base for stream entries: dataclass attributes map one-to-one to stream fields.
 
-    _hints: ClassVar[dict[str, Any]]
+    Every entry names its session (``session_id``): a stage's input streams are shared by
+    the sessions of one partition. Each class's codec is built once, on first use: decoding
+    is on the path of every audio frame, and resolving type hints per entry cost more than
+    everything else a worker did per frame.
+    """
+
+    _codec: ClassVar[tuple[_Field, ...]]
 
     def encode(self) -> dict[FieldT, EncodableT]:
+        """Fields at their default are left out (decoding restores them): most entries set
+        only a few, and every byte is written, replicated and read again."""
         out: dict[FieldT, EncodableT] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
+        for name, _, _, default in self._fields():
+            value = getattr(self, name)
+            if value == default:
+                continue
             if isinstance(value, bytes | str):
-                out[f.name] = value
+                out[name] = value
             elif isinstance(value, bool):
-                out[f.name] = int(value)
+                out[name] = int(value)
             elif isinstance(value, int):
-                out[f.name] = value
+                out[name] = value
             else:
-                out[f.name] = json.dumps(value)
+                out[name] = json.dumps(value)
         return out
 
     @classmethod
     def decode(cls, fields: dict[bytes, bytes]) -> Self:
-        hints = typing.get_type_hints(cls)
         kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            raw = fields.get(f.name.encode())
-            if raw is None:
-                continue
-            kwargs[f.name] = _decode_value(hints[f.name], raw)
+        for name, key, parse, _ in cls._fields():
+            raw = fields.get(key)
+            if raw is not None:
+                kwargs[name] = parse(raw)
         return cls(**kwargs)
 
+    @classmethod
+    def _fields(cls) -> tuple[_Field, ...]:
+        codec = cls.__dict__.get("_codec")
+        if codec is None:
+            hints = typing.get_type_hints(cls)
+            codec = tuple((f.name, f.name.encode(), _parser(hints[f.name]), f.default)
+                          for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+            cls._codec = codec
+        return codec
 
-def _decode_value(hint: Any, raw: bytes) -> Any:
+
+def session_of(fields: dict[bytes, bytes]) -> str:
+    """The session an encoded entry belongs to, without decoding the rest."""
+    return fields.get(SESSION_FIELD, b"").decode()
+
+
+def _parser(hint: Any) -> Callable[[bytes], Any]:
     if hint is bytes:
-        return raw
+        return bytes
     if hint is bool:
-        return raw not in (b"0", b"")
+        return lambda raw: raw not in (b"0", b"")
     if hint is int:
-        return int(raw)
+        return int
     if hint is float:
-        return float(raw)
+        return float
     if isinstance(hint, type) and issubclass(hint, StrEnum):
-        return hint(raw.decode())
+        return lambda raw: hint(raw.decode())
     if hint is str:
-        return raw.decode()
-    return json.loads(raw)
+        return bytes.decode
+    return json.loads
 
 
-@dataclasses.dataclass
-class OwnershipClaim(Entry):
-    """Offers a session to a stage; the replica that reads it owns the session."""
-
-    session_id: str = ""
+SESSION_FIELD = b"session_id"
 
 
 @dataclasses.dataclass
 class AgentInput(Entry):
     """One input for the agent bridge, in the session's order."""
 
+    session_id: str = ""
     kind: InputKind = InputKind.TEXT
     turn: int = 0
     content: str = ""
@@ -215,23 +238,34 @@ class AgentInput(Entry):
 
 @dataclasses.dataclass
 class AudioIn(Entry):
-    """Client microphone PCM (s16le, 16 kHz, mono) for the VAD stage; ``close`` ends it."""
+    """Client microphone PCM (s16le, 16 kHz, mono) for the VAD stage; ``close`` ends it.
+    Under load the gateway joins a session's waiting frames into one entry."""
 
+    session_id: str = ""
     pcm: bytes = b""
     close: bool = False
+
+
+class SpeechKind(StrEnum):
+    UTTERANCE = "utterance"  # a finished utterance's audio
+    STREAM = "stream"  # raw audio for a streaming STT provider
+    SPEAKING = "speaking"  # the user started talking
+    QUIET = "quiet"  # the user stopped talking at ``voice_end_ms``
+    CLOSE = "close"
 
 
 @dataclasses.dataclass
 class UtteranceIn(Entry):
-    """A finished utterance for the STT stage; with ``streaming``, a raw audio frame for a
-    streaming STT provider."""
+    """What the VAD tells the STT stage, in the session's order: utterances, raw audio for a
+    streaming provider, and when the user starts and stops talking (AGENT_WAIT_MS holds a
+    transcript while the user goes on talking)."""
 
+    session_id: str = ""
+    kind: SpeechKind = SpeechKind.UTTERANCE
     pcm: bytes = b""
     start_ms: int = 0
     end_ms: int = 0
-    close: bool = False
-    streaming: bool = False
-    seq: int = 0  # the session's utterance number (RECORD_UTTERANCES once it was sent)
+    voice_end_ms: int = 0  # wall clock (ms) when the voice stopped
 
 
 class SpeakKind(StrEnum):
@@ -244,6 +278,7 @@ class SpeakKind(StrEnum):
 class SpeakIn(Entry):
     """A reply for the TTS stage to speak, or a cancel of what it is speaking."""
 
+    session_id: str = ""
     kind: SpeakKind = SpeakKind.SPEAK
     turn: int = 0
     text: str = ""
@@ -259,6 +294,7 @@ class SpeakIn(Entry):
 class Reply(Entry):
     """One message for the client. ``turn`` 0 is session-level and never fenced."""
 
+    session_id: str = ""
     turn: int = 0
     user: str = ""
     type: str = ""
@@ -267,6 +303,9 @@ class Reply(Entry):
     # The n-th output of the agent in this turn (0: not numbered). A turn run again after a
     # failover numbers its outputs the same way, so the gateway drops what it already sent.
     seq: int = 0
+    # Turns below this are dead from here on (a barge-in, a new turn elsewhere): the gateway
+    # learns fences in reply order instead of reading them from Redis.
+    fence: int = 0
 
     @property
     def is_audio(self) -> bool:
@@ -276,9 +315,9 @@ class Reply(Entry):
         return client_message(self.user, self.content, self.type)
 
 
-def signal(turn: int, sig: Signal, user: User = User.AGENT) -> Reply:
-    return Reply(turn=turn, user=user, type=MsgType.ACTION, content=sig)
+def signal(sid: str, turn: int, sig: Signal, user: User = User.AGENT) -> Reply:
+    return Reply(session_id=sid, turn=turn, user=user, type=MsgType.ACTION, content=sig)
 
 
-def error_reply(message: str) -> Reply:
-    return Reply(turn=0, user=User.SYSTEM, type=MsgType.ERROR, content=message)
+def error_reply(sid: str, message: str) -> Reply:
+    return Reply(session_id=sid, turn=0, user=User.SYSTEM, type=MsgType.ERROR, content=message)

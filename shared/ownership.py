@@ -1,14 +1,16 @@
-"""Session ownership for a stage: one replica owns a session, with failover.
+"""A stage replica: holds partitions of its stage's input and runs the sessions found in them.
 
-Opening a session puts one claim on the stage's ownership queue (a stream with a consumer
-group). The replica whose XREADGROUP receives the claim owns the session while the claim stays
-pending under its name; it keeps the claim's idle time low by re-claiming it every third of a
-lease. It reads the session's own input stream with XREADGROUP in the same blocking call as the
-ownership queue, so one call serves every session a replica owns, and entries of one session
-are handled in order by one replica. A dead owner's claims grow idle; after ``LEASE_MS`` a live
-replica takes them with XAUTOCLAIM, takes the session's unacknowledged inputs too, and resumes.
-Bounds: failover takes at most LEASE_MS plus one maintenance period (LEASE_MS / 3); inputs not
-yet acknowledged by the dead owner are handled again.
+A session is owned by whichever replica holds its partition (shared/leases.py decides which
+partitions that is). The replica reads all its partitions with one blocking XREADGROUP, so
+the cost of a read does not grow with the sessions it serves, and hands each entry to the
+session's handler in stream order, creating the handler when a session first shows up.
+Entries are acknowledged (and deleted: a partition has one reader, its stage's group) once
+their effects are published; the acknowledgements of one round ride with the next read.
+
+When a partition arrives (a replica joined, left or died), the new holder first claims the
+entries the former holder read but never acknowledged and handles them again, in order, then
+reads on. Per-session state that must survive the move is the stage's business (the VAD
+checkpoints its model state; the others hold only their queue of unacknowledged inputs).
 """
 
 from __future__ import annotations
@@ -19,39 +21,30 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import structlog
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from redis import exceptions as rexc
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
-from shared import keys
+from shared import keys, topology
 from shared.keys import Stage
-from shared.messages import OwnershipClaim
-from shared.redis_io import (
-    TRANSIENT,
-    Backoff,
-    Fields,
-    ensure_group,
-    expire_session,
-    read_group,
-)
+from shared.leases import Leases, plan, share
+from shared.messages import session_of
+from shared.redis_io import TRANSIENT, Backoff, Fields, ensure_group
+from shared.session_record import expire_session
 
 log = structlog.get_logger(__name__)
 
 OWNED_SESSIONS = Gauge("xrx_owned_sessions", "Sessions this replica owns", ["stage"])
+OWNED_PARTITIONS = Gauge("xrx_owned_partitions", "Partitions this replica holds", ["stage"])
+PARTITION_MOVES = Counter("xrx_partition_moves_total", "Partitions taken or released",
+                          ["stage", "direction"])
 
-# Refresh only the claims still pending under this consumer: a claim another replica took
-# over must not be stolen back by a slow former owner.
-_REFRESH = """
-local kept = {}
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    table.insert(kept, ARGV[i])
-  end
-end
-return kept
-"""
+# Entries per XREADGROUP: enough to drain a busy round in one call.
+READ_COUNT = 2000
+# Sessions closed recently per partition, so their stragglers do not reopen them.
+RECENTLY_CLOSED = 1000
+
 
 class SessionHandler(Protocol):
     """A stage's per-session logic. ``handle`` is called in stream order and must return
@@ -63,205 +56,288 @@ class SessionHandler(Protocol):
 
 
 class Acker:
-    """Acknowledges a session's input entries once their effects are published.
+    """Acknowledges a session's input entries once their effects are published. They are
+    sent with the replica's next read (at most one read's block later)."""
 
-    A session's input stream has exactly one reader (its stage's group), so an acknowledged
-    entry is garbage: it is deleted with the acknowledgement, which bounds the stream to the
-    work in flight (utterance audio would otherwise pile up for the session's lifetime).
-    """
+    def __init__(self, partition: Partition) -> None:
+        self._partition = partition
 
-    def __init__(self, r: Redis, stream: str, group: str) -> None:
-        self._r, self._stream, self._group = r, stream, group
-
-    async def ack(self, *entry_ids: bytes) -> None:
-        if entry_ids:
-            await ack_and_delete(self._r, self._stream, self._group, *entry_ids)
-
-
-async def ack_and_delete(r: Redis, stream: str, group: str, *entry_ids: bytes) -> None:
-    async with r.pipeline(transaction=True) as p:
-        p.xack(stream, group, *entry_ids)
-        p.xdel(stream, *entry_ids)
-        await p.execute()
+    def ack(self, *entry_ids: bytes) -> None:
+        self._partition.to_ack.extend(entry_ids)
 
 
 HandlerFactory = Callable[[str, Acker], Awaitable[SessionHandler]]
 
 
+class Partition:
+    def __init__(self, stage: Stage, n: int, epoch: int) -> None:
+        self.n, self.epoch = n, epoch
+        self.stream = keys.stage_partition(stage, n)
+        self.sessions: dict[str, SessionHandler] = {}
+        self.to_ack: list[bytes] = []
+        self.closed: dict[str, None] = {}  # insertion-ordered set
+        self.acker = Acker(self)
+
+    def forget(self, sid: str) -> None:
+        self.closed[sid] = None
+        if len(self.closed) > RECENTLY_CLOSED:
+            del self.closed[next(iter(self.closed))]
+
+
 class StageWorker:
     def __init__(self, r: Redis, stage: Stage, consumer: str, factory: HandlerFactory,
-                 *, lease_ms: int = 10_000, block_ms: int = 1000) -> None:
+                 *, lease_ms: int = 3000, block_ms: int = 250, reap_every_s: float = 5.0,
+                 graceful: Callable[[], Awaitable[None]] | None = None) -> None:
         self.r, self.stage, self.consumer, self.factory = r, stage, consumer, factory
-        self.lease_ms, self.block_ms = lease_ms, block_ms
-        self.queue = keys.ownership_queue(stage)
+        self.lease_ms, self.block_ms, self.reap_every_s = lease_ms, block_ms, reap_every_s
         self.group = stage.value
-        self.sessions: dict[str, SessionHandler] = {}
-        self._claims: dict[str, bytes] = {}  # session id -> claim entry id
-        self._by_stream: dict[bytes, str] = {}  # input stream key -> session id
-        self._next_maintenance = 0.0
+        self.leases = Leases(r, stage, consumer, topology.partitions(), lease_ms)
+        self.held: dict[int, Partition] = {}
+        self._by_stream: dict[bytes, Partition] = {}
+        self._moving = asyncio.Lock()
+        self._next_reap = 0.0
         self.ready = False
+
+    @property
+    def session_count(self) -> int:
+        return sum(len(p.sessions) for p in self.held.values())
 
     # --- main loop -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        balancer = asyncio.create_task(self._balance_forever(stop))
         backoff = Backoff()
-        while not stop.is_set():
+        try:
+            while not stop.is_set():
+                try:
+                    await self._read_once()
+                    backoff.reset()
+                except TRANSIENT as err:
+                    log.warning("redis unavailable, retrying", stage=self.stage.value,
+                                error=str(err))
+                    await backoff.sleep()
+                except rexc.ResponseError as err:
+                    if "NOGROUP" not in str(err):
+                        raise
+                    # Redis lost our groups (a restart without persistence): recreate them.
+                    log.warning("consumer group missing, recreating", stage=self.stage.value)
+                    await self._recreate_groups()
+        finally:
+            balancer.cancel()
             try:
-                if not self.ready:
-                    await ensure_group(self.r, self.queue, self.group)
-                    await self._resume_own_claims()
-                    self.ready = True
-                await self._maintain_if_due()
-                await self._read_once()
-                backoff.reset()
-            except TRANSIENT as err:
-                self.ready = False
-                log.warning("redis unavailable, retrying", stage=self.stage.value, error=str(err))
-                await backoff.sleep()
-            except rexc.ResponseError as err:
-                if "NOGROUP" not in str(err):
-                    raise
-                # Redis lost our groups (restart without persistence): recreate them.
-                log.warning("consumer group missing, recreating", stage=self.stage.value)
-                self.ready = False
-                await self._recreate_groups()
-        await self.shutdown()
+                await balancer
+            except asyncio.CancelledError:
+                pass
+            await self.shutdown()
 
     async def _read_once(self) -> None:
-        streams: dict[str, str] = {self.queue: ">"}
-        for sid in self.sessions:
-            streams[keys.stage_input(sid, self.stage)] = ">"
-        batch = await read_group(self.r, self.group, self.consumer, streams, count=64,
-                                 block_ms=self.block_ms)
-        for stream, entries in batch:
-            if stream == self.queue.encode():
-                for entry_id, fields in entries:
-                    await self._open(OwnershipClaim.decode(fields).session_id, entry_id)
-            else:
-                owned = self._by_stream.get(stream)
-                if owned is not None:
-                    await self._dispatch(owned, entries)
-
-    async def _dispatch(self, sid: str, entries: list[tuple[bytes, Fields]]) -> None:
-        handler = self.sessions.get(sid)
-        if handler is None:
+        parts = list(self.held.values())
+        if not parts:
+            await asyncio.sleep(self.block_ms / 1000)
             return
+        async with self.r.pipeline(transaction=False) as p:
+            acked = self._queue_acks(p, parts)
+            p.xreadgroup(self.group, self.consumer, {part.stream: ">" for part in parts},
+                         count=READ_COUNT, block=self.block_ms)
+            try:
+                *_, batch = await p.execute()
+            except BaseException:
+                self._requeue_acks(acked)
+                raise
+        for stream, entries in batch or []:
+            part = self._by_stream.get(stream)
+            if part is not None:
+                await self._dispatch(part, entries)
+
+    def _queue_acks(self, p: Pipeline, parts: list[Partition]
+                    ) -> list[tuple[Partition, list[bytes]]]:
+        acked: list[tuple[Partition, list[bytes]]] = []
+        for part in parts:
+            if part.to_ack:
+                ids, part.to_ack = part.to_ack, []
+                p.xack(part.stream, self.group, *ids)
+                p.xdel(part.stream, *ids)
+                acked.append((part, ids))
+        return acked
+
+    @staticmethod
+    def _requeue_acks(acked: list[tuple[Partition, list[bytes]]]) -> None:
+        for part, ids in acked:
+            part.to_ack[:0] = ids
+
+    async def _flush_acks(self, part: Partition) -> None:
+        if part.to_ack:
+            ids, part.to_ack = part.to_ack, []
+            async with self.r.pipeline(transaction=False) as p:
+                p.xack(part.stream, self.group, *ids)
+                p.xdel(part.stream, *ids)
+                await p.execute()
+
+    async def _dispatch(self, part: Partition, entries: list[tuple[bytes, Fields | None]]) -> None:
         for entry_id, fields in entries:
-            if await handler.handle(entry_id, fields):
-                await self._close(sid)
-                return
+            if not fields:  # trimmed away while pending
+                part.to_ack.append(entry_id)
+                continue
+            sid = session_of(fields)
+            handler = part.sessions.get(sid)
+            if handler is None:
+                handler = await self._open(part, sid)
+                if handler is None:
+                    part.to_ack.append(entry_id)
+                    continue
+            try:
+                over = await handler.handle(entry_id, fields)
+            except Exception:
+                # One bad entry must not stop the partition's other sessions.
+                log.exception("session entry failed", stage=self.stage.value, session_id=sid)
+                part.to_ack.append(entry_id)
+                continue
+            if over:
+                await self._close(part, sid)
 
-    # --- ownership -----------------------------------------------------------------------
+    # --- sessions ------------------------------------------------------------------------
 
-    async def _open(self, sid: str, claim_id: bytes) -> None:
-        if sid in self.sessions:
-            self._claims[sid] = claim_id
-            return
+    async def _open(self, part: Partition, sid: str) -> SessionHandler | None:
+        if not sid or sid in part.closed:
+            return None
         if not await self.r.exists(keys.session_record(sid)):
-            # The session ended (or its gateway vanished) before anyone took it.
-            await self._release_claim(claim_id)
-            return
-        stream = keys.stage_input(sid, self.stage)
-        await ensure_group(self.r, stream, self.group)
-        handler = await self.factory(sid, Acker(self.r, stream, self.group))
-        self.sessions[sid] = handler
-        self._claims[sid] = claim_id
-        self._by_stream[stream.encode()] = sid
-        OWNED_SESSIONS.labels(self.stage.value).set(len(self.sessions))
-        log.info("session owned", stage=self.stage.value, session_id=sid)
-        # Inputs a former owner read but never acknowledged are handled again, in order.
-        _, pending, _ = await self.r.xautoclaim(stream, self.group, self.consumer, 0, "0-0",
-                                                count=1000)
-        if pending:
-            await self._dispatch(sid, [(i, f) for i, f in pending if f is not None])
+            # The session ended (or its gateway vanished) before this stage saw it, or Redis
+            # lost the record and the gateway has yet to register it again: not remembered
+            # as closed, so the session's next entries look again.
+            return None
+        handler = await self.factory(sid, part.acker)
+        part.sessions[sid] = handler
+        self._count()
+        return handler
 
-    async def _close(self, sid: str, *, handing_over: bool = False) -> None:
-        handler = self.sessions.pop(sid, None)
-        claim_id = self._claims.pop(sid, None)
-        self._by_stream.pop(keys.stage_input(sid, self.stage).encode(), None)
-        OWNED_SESSIONS.labels(self.stage.value).set(len(self.sessions))
+    async def _close(self, part: Partition, sid: str, *, handing_over: bool = False) -> None:
+        handler = part.sessions.pop(sid, None)
+        if not handing_over:
+            part.forget(sid)
+        self._count()
         if handler is not None:
-            await handler.close(handing_over=handing_over)
-        if claim_id is not None:
-            await self._release_claim(claim_id)
-            if handing_over:
-                await offer_session(self.r, self.stage, sid)
-        log.info("session released", stage=self.stage.value, session_id=sid,
-                 handing_over=handing_over)
+            with structlog.contextvars.bound_contextvars(session_id=sid):
+                await handler.close(handing_over=handing_over)
 
-    async def _release_claim(self, claim_id: bytes) -> None:
-        await self.r.xack(self.queue, self.group, claim_id)
-        await self.r.xdel(self.queue, claim_id)
+    def _count(self) -> None:
+        OWNED_SESSIONS.labels(self.stage.value).set(self.session_count)
+        OWNED_PARTITIONS.labels(self.stage.value).set(len(self.held))
 
-    async def _resume_own_claims(self) -> None:
-        """After a restart under the same name, take back what is still pending for us."""
-        batch = await read_group(self.r, self.group, self.consumer, {self.queue: "0"}, count=1000)
-        for _, entries in batch:
-            for entry_id, fields in entries:
-                if fields:
-                    await self._open(OwnershipClaim.decode(fields).session_id, entry_id)
-
-    async def _maintain_if_due(self) -> None:
+    async def _reap_if_due(self) -> None:
+        """Close sessions whose record expired (their gateway vanished) and expire their keys."""
         now = time.monotonic()
-        if now < self._next_maintenance:
+        if now < self._next_reap:
             return
-        self._next_maintenance = now + self.lease_ms / 3000
-        await self._refresh_claims()
-        await self._take_over_orphans()
-
-    async def _refresh_claims(self) -> None:
-        if not self._claims:
+        self._next_reap = now + self.reap_every_s
+        owned = [(part, sid) for part in self.held.values() for sid in part.sessions]
+        if not owned:
             return
-        sids = list(self._claims)
-        kept = await self.r.eval(_REFRESH, 1, self.queue, self.group, self.consumer,
-                                 *(self._claims[s] for s in sids))
-        kept_ids = set(kept)
-        for sid in sids:
-            if self._claims.get(sid) not in kept_ids:
-                log.warning("session taken over by another replica", stage=self.stage.value,
-                            session_id=sid)
-                handler = self.sessions.pop(sid, None)
-                self._claims.pop(sid, None)
-                self._by_stream.pop(keys.stage_input(sid, self.stage).encode(), None)
-                if handler is not None:
-                    await handler.close(handing_over=True)
-            elif not await self.r.exists(keys.session_record(sid)):
-                # Its gateway vanished without closing it: reap the session and its keys.
+        async with self.r.pipeline(transaction=False) as p:
+            for _, sid in owned:
+                p.exists(keys.session_record(sid))
+            alive = await p.execute()
+        for (part, sid), ok in zip(owned, alive, strict=True):
+            if not ok and sid in part.sessions:
                 log.info("session record expired, closing", stage=self.stage.value,
                          session_id=sid)
-                await self._close(sid)
+                await self._close(part, sid)
                 async with self.r.pipeline(transaction=False) as p:
                     expire_session(p, sid)
                     await p.execute()
 
-    async def _take_over_orphans(self) -> None:
-        _, claimed, _ = await self.r.xautoclaim(self.queue, self.group, self.consumer,
-                                                self.lease_ms, "0-0", count=100)
-        for entry_id, fields in claimed:
-            if fields:
-                sid = OwnershipClaim.decode(fields).session_id
-                log.warning("taking over orphaned session", stage=self.stage.value,
-                            session_id=sid)
-                await self._open(sid, entry_id)
+    # --- partitions ----------------------------------------------------------------------
+
+    async def _balance_forever(self, stop: asyncio.Event) -> None:
+        """Heartbeat, renew leases and rebalance, several times per lease."""
+        period = self.lease_ms / 4000
+        backoff = Backoff()
+        while not stop.is_set():
+            try:
+                await self.balance()
+                await self._reap_if_due()
+                self.ready = True
+                backoff.reset()
+                await asyncio.sleep(period)
+            except TRANSIENT as err:
+                self.ready = False
+                log.warning("redis unavailable, leases not renewed", stage=self.stage.value,
+                            error=str(err))
+                await backoff.sleep()
+
+    async def balance(self) -> None:
+        async with self._moving:
+            members = await self.leases.heartbeat()
+            for n in await self.leases.renew({n: p.epoch for n, p in self.held.items()}):
+                log.warning("partition lease lost", stage=self.stage.value, partition=n)
+                await self._drop(n, lost=True)
+            holders = await self.leases.holders()
+            free = {n for n, holder in enumerate(holders) if holder is None}
+            target = share(members, self.consumer, self.leases.partitions)
+            release, take = plan(set(self.held), free, target)
+            for n in release:
+                await self._drop(n)
+            for n in take:
+                await self._take(n)
+
+    async def _take(self, n: int) -> None:
+        epoch = await self.leases.acquire(n)
+        if not epoch:
+            return  # another replica was quicker
+        part = Partition(self.stage, n, epoch)
+        await ensure_group(self.r, part.stream, self.group)
+        PARTITION_MOVES.labels(self.stage.value, "taken").inc()
+        # What the former holder read but never acknowledged is handled again, in order,
+        # before anything new.
+        start = "0-0"
+        reclaimed = 0
+        while True:
+            nxt, claimed, _ = await self.r.xautoclaim(part.stream, self.group, self.consumer,
+                                                      0, start, count=READ_COUNT)
+            reclaimed += len(claimed)
+            await self._dispatch(part, claimed)
+            start = nxt.decode() if isinstance(nxt, bytes) else str(nxt)
+            if start == "0-0" or not claimed:
+                break
+        self.held[n] = part
+        self._by_stream[part.stream.encode()] = part
+        self._count()
+        log.info("partition taken", stage=self.stage.value, partition=n, epoch=epoch,
+                 reclaimed=reclaimed)
+
+    async def _drop(self, n: int, *, lost: bool = False) -> None:
+        """Let go of a partition: its sessions are handed over (their unfinished work stays
+        pending for the next holder), then the lease is released."""
+        part = self.held.pop(n, None)
+        if part is None:
+            return
+        self._by_stream.pop(part.stream.encode(), None)
+        for sid in list(part.sessions):
+            await self._close(part, sid, handing_over=True)
+        if not lost:
+            await self._flush_acks(part)
+            await self.leases.release(n, part.epoch)
+        PARTITION_MOVES.labels(self.stage.value, "released").inc()
+        self._count()
+        log.info("partition released", stage=self.stage.value, partition=n, lost=lost)
 
     async def _recreate_groups(self) -> None:
         try:
-            await ensure_group(self.r, self.queue, self.group)
-            for sid in self.sessions:
-                await ensure_group(self.r, keys.stage_input(sid, self.stage), self.group)
+            for part in self.held.values():
+                await ensure_group(self.r, part.stream, self.group)
         except TRANSIENT:
             await asyncio.sleep(0.5)
 
     async def shutdown(self) -> None:
-        """Hand every owned session to another replica right away instead of after a lease."""
-        log.info("shutting down: handing sessions over", stage=self.stage.value,
-                 sessions=len(self.sessions))
-        for sid in list(self.sessions):
+        """Hand every partition to the other replicas right away instead of after a lease."""
+        log.info("shutting down: handing partitions over", stage=self.stage.value,
+                 partitions=len(self.held), sessions=self.session_count)
+        async with self._moving:
+            for n in list(self.held):
+                try:
+                    await self._drop(n)
+                except TRANSIENT as err:
+                    log.warning("could not hand over partition", partition=n, error=str(err))
             try:
-                await self._close(sid, handing_over=True)
-            except TRANSIENT as err:
-                log.warning("could not hand over session", session_id=sid, error=str(err))
-
-
-async def offer_session(r: Redis, stage: Stage, sid: str) -> None:
-    await r.xadd(keys.ownership_queue(stage), OwnershipClaim(session_id=sid).encode())
+                await self.leases.leave()
+            except TRANSIENT:
+                pass

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 import structlog
 from redis.asyncio import Redis
 
+from shared import topology
 from shared.config import Settings, load_settings
 from shared.health import serve_health
 from shared.keys import Stage
@@ -35,6 +36,7 @@ def consumer_name(settings: Settings) -> str:
 def run_stage_worker(stage: Stage, process: str, setup: Setup) -> None:
     settings = load_settings()
     configure_logging(settings, process)
+    topology.configure(settings.PARTITIONS)
     asyncio.run(_serve(stage, settings, setup))
 
 

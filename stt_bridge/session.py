@@ -9,10 +9,10 @@ import structlog
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.messages import STT_DOWN_REPLY, UtteranceIn, error_reply
+from shared import topology
+from shared.messages import STT_DOWN_REPLY, SpeechKind, UtteranceIn, error_reply
 from shared.ownership import Acker
-from shared.redis_io import Fields, publish_reply, read_record
+from shared.redis_io import Fields
 from shared.serial import SerialRunner
 from shared.ws_pool import ServiceUnavailable
 from stt_bridge.streaming import StreamingStt
@@ -21,9 +21,8 @@ from stt_bridge.transcripts import publish_transcript
 
 log = structlog.get_logger(__name__)
 
-# How often a held transcript looks whether the user stopped talking, and for how long at most
-# (a VAD replica that died mid-utterance must not hold the words forever).
-POLL_S = 0.05
+# How long a transcript is held at most while the user talks on (a VAD replica that died
+# mid-utterance must not hold the words forever).
 HOLD_LIMIT_S = 20.0
 
 TRANSCRIPTS = Counter("xrx_stt_transcripts_total", "Utterances transcribed", ["outcome"])
@@ -39,21 +38,32 @@ class SttSession:
         self.r, self.stt, self.sid, self.acker = r, stt, sid, acker
         self.agent_wait_ms = agent_wait_ms
         self._held: list[str] = []  # transcripts waiting for the user to stop talking
+        # What the VAD said last about the user's voice, in stream order.
+        self._speaking = False
+        self._voice_end_ms = 0
+        self._voice_changed = asyncio.Event()
         self._handing_over = False
         self._stream: StreamingStt | None = None
         self._utterances: SerialRunner[Item] = SerialRunner(self._transcribe, self._finished)
 
     async def handle(self, entry_id: bytes, fields: Fields) -> bool:
         entry = UtteranceIn.decode(fields)
-        if entry.close:
-            await self._stop()
-            await self.acker.ack(entry_id, *(i for i, _ in self._utterances.take()))
-            return True
-        if entry.streaming:
-            await self._streaming().send(entry.pcm)
-            await self.acker.ack(entry_id)
-            return False
-        self._utterances.put((entry_id, entry))
+        match entry.kind:
+            case SpeechKind.CLOSE:
+                await self._stop()
+                self.acker.ack(entry_id, *(i for i, _ in self._utterances.take()))
+                return True
+            case SpeechKind.STREAM:
+                await self._streaming().send(entry.pcm)
+            case SpeechKind.SPEAKING | SpeechKind.QUIET:
+                self._speaking = entry.kind == SpeechKind.SPEAKING
+                self._voice_end_ms = entry.voice_end_ms or self._voice_end_ms
+                self._voice_changed.set()
+            case SpeechKind.UTTERANCE:
+                self._utterances.put((entry_id, entry))
+                self._voice_changed.set()
+                return False
+        self.acker.ack(entry_id)
         return False
 
     async def close(self, *, handing_over: bool) -> None:
@@ -77,11 +87,11 @@ class SttSession:
     async def _stt_down(self, error: str) -> None:
         TRANSCRIPTS.labels("stt_down").inc()
         log.warning("speech recognition unavailable", session_id=self.sid, error=error)
-        await publish_reply(self.r, self.sid, error_reply(STT_DOWN_REPLY))
+        await topology.reply(self.r, error_reply(self.sid, STT_DOWN_REPLY))
 
     async def _finished(self, item: Item, cancelled: bool) -> None:
         if not (cancelled and self._handing_over):
-            await self.acker.ack(item[0])
+            self.acker.ack(item[0])
 
     async def _transcribe(self, item: Item) -> None:
         with structlog.contextvars.bound_contextvars(session_id=self.sid):
@@ -100,26 +110,29 @@ class SttSession:
         else:
             TRANSCRIPTS.labels("empty").inc()
             log.info("empty transcript dropped", start_ms=utt.start_ms, end_ms=utt.end_ms)
-        await self._release_when_quiet(utt.seq)
+        await self._release_when_quiet()
 
-    async def _release_when_quiet(self, seq: int) -> None:
+    async def _release_when_quiet(self) -> None:
         """AGENT_WAIT_MS as in the original: a transcript becomes a user message only once
         the user has been quiet for AGENT_WAIT_MS; while they go on talking it waits, and
-        joins the transcript of what they say next, as one message."""
+        joins the transcript of what they say next, as one message. The VAD's speaking and
+        quiet entries arrive in the session's stream: waiting is event-driven, not polled."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + HOLD_LIMIT_S
         while self._held and loop.time() < deadline:
-            record = await read_record(self.r, self.sid)
-            if int(record.get(keys.RECORD_UTTERANCES, 0)) > seq:
+            if self._utterances.pending():
                 return  # the next utterance is on its way and takes these words along
-            if record.get(keys.RECORD_SPEAKING) == "1":
-                await asyncio.sleep(POLL_S)
-                continue
-            last_voice_ms = float(record.get(keys.RECORD_LAST_VOICE_MS, 0))
-            wait_s = (last_voice_ms + self.agent_wait_ms) / 1000 - time.time()
-            if wait_s <= 0:
-                break
-            await asyncio.sleep(wait_s)
+            if self._speaking:
+                wait_s = deadline - loop.time()
+            else:
+                wait_s = (self._voice_end_ms + self.agent_wait_ms) / 1000 - time.time()
+                if wait_s <= 0:
+                    break
+            self._voice_changed.clear()
+            try:
+                await asyncio.wait_for(self._voice_changed.wait(), timeout=max(wait_s, 0))
+            except TimeoutError:
+                pass
         if self._held:
             text, self._held = " ".join(self._held), []
             await publish_transcript(self.r, self.sid, text)

@@ -14,11 +14,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
+
+from shared import keys, topology
+from shared.keys import Stage
+from shared.messages import session_of
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = Path(os.environ.get("XRX_TEST_LOGS", tempfile.gettempdir())) / "xrx-test-logs"
@@ -121,6 +125,32 @@ def wait_ready(url: str, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+# --- ownership, as Redis records it ---------------------------------------------------------
+
+
+async def holder_of(r: Any, sid: str, stage: Stage) -> str | None:
+    """The replica of ``stage`` holding the partition of session ``sid``, if any."""
+    raw = await r.get(keys.partition_lease(stage, topology.partition_of(sid)))
+    return cast(bytes, raw).decode().rsplit(" ", 1)[0] if raw else None
+
+
+async def lease_counts(r: Any, stage: Stage) -> dict[str, int]:
+    """Partitions of ``stage`` held per replica."""
+    counts: dict[str, int] = {}
+    for n in range(topology.partitions()):
+        raw = await r.get(keys.partition_lease(stage, n))
+        if raw:
+            name = cast(bytes, raw).decode().rsplit(" ", 1)[0]
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+async def entries_of(r: Any, stream: str, sid: str) -> list[bytes]:
+    """Ids of the entries of session ``sid`` still in a partition stream."""
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await r.xrange(stream))
+    return [i for i, f in entries if session_of(f) == sid]
 
 
 # --- a client --------------------------------------------------------------------------

@@ -13,9 +13,8 @@ import redis.asyncio as aioredis
 
 from shared import keys
 from shared.keys import Stage
-from shared.messages import OwnershipClaim
 from tests.conftest import TextSystem, make_env
-from tests.harness import Client, RedisServer, is_signal, summary, texts
+from tests.harness import Client, RedisServer, holder_of, is_signal, summary, texts
 
 ENDED = "agent_ended_thinking"
 
@@ -42,14 +41,11 @@ def system(own_redis: RedisServer) -> Iterator[TextSystem]:
 
 
 async def owner_of(r: aioredis.Redis, sid: str, stage: Stage = Stage.AGENT_BRIDGE) -> str:
-    """The consumer name of the replica of ``stage`` that owns the session."""
-    queue = keys.ownership_queue(stage)
+    """The name of the replica of ``stage`` that owns the session (holds its partition)."""
     for _ in range(50):
-        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await r.xrange(queue))
-        ids = [i for i, f in entries if OwnershipClaim.decode(f).session_id == sid]
-        for p in await r.xpending_range(queue, stage.value, "-", "+", 1000):
-            if p["message_id"] in ids:
-                return cast(bytes, p["consumer"]).decode()
+        holder = await holder_of(r, sid, stage)
+        if holder is not None:
+            return holder
         await asyncio.sleep(0.1)
     raise AssertionError(f"nobody owns session {sid}")
 
@@ -113,8 +109,7 @@ async def test_sessions_of_a_vanished_gateway_are_reaped(system: TextSystem) -> 
             break
         await asyncio.sleep(0.1)
     assert not await r.exists(keys.session_record(sid))
-    for key in (keys.history(sid), keys.agent_session(sid),
-                keys.stage_input(sid, Stage.AGENT_BRIDGE)):
+    for key in (keys.history(sid), keys.agent_session(sid)):
         assert 0 < await r.ttl(key) <= 30, key  # expiring: nothing of it stays behind
     await r.aclose()
 

@@ -11,7 +11,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, topology
 from shared.messages import (
     TTS_DOWN_REPLY,
     Reply,
@@ -23,15 +23,10 @@ from shared.messages import (
     signal,
 )
 from shared.ownership import Acker
-from shared.redis_io import (
-    Fields,
-    clear_record,
-    fence_of,
-    is_fenced,
-    publish_reply,
-    update_record,
-)
+from shared.redis_io import Fields
 from shared.serial import SerialRunner
+from shared.session_record import clear_record, update_record
+from shared.turns import fence_of, is_fenced
 from shared.ws_pool import ServiceUnavailable
 from tts_bridge.tts_client import TtsClient
 
@@ -57,14 +52,14 @@ class TtsSession:
         entry = SpeakIn.decode(fields)
         if entry.kind == SpeakKind.CLOSE:
             await self._replies.stop()
-            await self.acker.ack(entry_id, *(i for i, _ in self._replies.take()))
+            self.acker.ack(entry_id, *(i for i, _ in self._replies.take()))
             return True
         if entry.kind == SpeakKind.CANCEL:
             # Drop what this cancel covers, queued or being spoken, without waiting.
             covered = self._replies.take(lambda item: not entry.turn or item[1].turn <= entry.turn)
             self._replies.cancel_current()
             self._playback_until_ms = 0.0  # the client dropped what it had queued
-            await self.acker.ack(entry_id, *(i for i, _ in covered))
+            self.acker.ack(entry_id, *(i for i, _ in covered))
             return False
         self._replies.put((entry_id, entry))
         return False
@@ -79,7 +74,7 @@ class TtsSession:
             SPOKEN.labels("cancelled").inc()
             if self._handing_over:
                 return
-        await self.acker.ack(item[0])
+        self.acker.ack(item[0])
 
     async def _speak_item(self, item: Item) -> None:
         with structlog.contextvars.bound_contextvars(session_id=self.sid):
@@ -102,9 +97,9 @@ class TtsSession:
             SPOKEN.labels("fenced").inc()
             return
         # The message is shown as its speech starts; later ones wait behind it.
-        await publish_reply(self.r, self.sid, Reply(turn=entry.turn, user=entry.user,
-                                                    type=entry.type, content=entry.content,
-                                                    seq=entry.seq))
+        await topology.reply(self.r, Reply(session_id=self.sid, turn=entry.turn, user=entry.user,
+                                           type=entry.type, content=entry.content,
+                                           seq=entry.seq))
         if not entry.text.strip():
             SPOKEN.labels("not_spoken").inc()
             return
@@ -122,13 +117,14 @@ class TtsSession:
                     if first:
                         FIRST_AUDIO.observe(loop.time() - started)
                         first = False
-                    await publish_reply(self.r, self.sid, Reply(turn=entry.turn, pcm=chunk))
+                    await topology.reply(self.r, Reply(session_id=self.sid, turn=entry.turn,
+                                                       pcm=chunk))
                     await self._extend_playback(len(chunk))
         except ServiceUnavailable as err:
             SPOKEN.labels("tts_down").inc()
             log.warning("speech synthesis unavailable", error=str(err))
-            await publish_reply(self.r, self.sid, error_reply(TTS_DOWN_REPLY))
+            await topology.reply(self.r, error_reply(self.sid, TTS_DOWN_REPLY))
             return
         SPOKEN.labels("spoken").inc()
-        await publish_reply(self.r, self.sid,
-                            signal(entry.turn, Signal.AUDIO_GENERATION_DONE, User.SYSTEM))
+        await topology.reply(self.r, signal(self.sid, entry.turn, Signal.AUDIO_GENERATION_DONE,
+                                            User.SYSTEM))

@@ -8,10 +8,11 @@ import structlog
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, topology
 from shared.keys import Stage
 from shared.messages import AgentInput, InputKind, Signal, SpeakIn, SpeakKind, User, signal
-from shared.redis_io import kill_turns, publish_reply, read_record
+from shared.session_record import read_record
+from shared.turns import kill_turns
 
 log = structlog.get_logger(__name__)
 
@@ -34,12 +35,14 @@ async def barge_in(r: Redis, sid: str) -> bool:
     killed = await kill_turns(r, sid)
     BARGE_INS.inc()
     log.info("barge-in", session_id=sid, killed_turn=killed)
-    await publish_reply(r, sid, signal(0, Signal.CLEAR_AUDIO_BUFFER, User.SYSTEM))
+    clear = signal(sid, 0, Signal.CLEAR_AUDIO_BUFFER, User.SYSTEM)
+    clear.fence = killed + 1
     async with r.pipeline(transaction=False) as p:
+        topology.reply(p, clear)
         p.hdel(keys.session_record(sid), keys.RECORD_PLAYBACK_UNTIL)
-        p.xadd(keys.stage_input(sid, Stage.TTS_BRIDGE),
-               SpeakIn(kind=SpeakKind.CANCEL, turn=killed).encode())
-        p.xadd(keys.stage_input(sid, Stage.AGENT_BRIDGE),
-               AgentInput(kind=InputKind.CANCEL, turn=killed).encode())
+        topology.send(p, Stage.TTS_BRIDGE,
+                      SpeakIn(session_id=sid, kind=SpeakKind.CANCEL, turn=killed))
+        topology.send(p, Stage.AGENT_BRIDGE,
+                      AgentInput(session_id=sid, kind=InputKind.CANCEL, turn=killed))
         await p.execute()
     return True

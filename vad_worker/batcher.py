@@ -1,13 +1,19 @@
-"""One model call for every session with audio waiting: cross-session batching."""
+"""One model call for every session with audio waiting: cross-session batching, and one Redis
+round trip for everything the batch publishes."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 
 import structlog
 from prometheus_client import Histogram
+from redis.asyncio import Redis
 
+from shared.redis_io import TRANSIENT
+from vad_worker.barge_in import barge_in
 from vad_worker.engine import VadEngine
 from vad_worker.events import VadEvent
 from vad_worker.session import VadSession
@@ -15,7 +21,7 @@ from vad_worker.session import VadSession
 log = structlog.get_logger(__name__)
 
 BATCH_SESSIONS = Histogram("xrx_vad_batch_sessions", "Sessions per VAD batch",
-                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
 BATCH_SECONDS = Histogram("xrx_vad_batch_seconds", "Time of one VAD batch (model included)")
 
 
@@ -23,10 +29,12 @@ class VadBatcher:
     """While one batch runs in the inference thread, audio for the next one accumulates,
     so batches widen by themselves as load grows."""
 
-    def __init__(self, engine: VadEngine) -> None:
-        self.engine = engine
+    def __init__(self, r: Redis, engine: VadEngine) -> None:
+        self.r, self.engine = r, engine
         self._ready: dict[str, VadSession] = {}
         self._wake = asyncio.Event()
+        # Held while a batch is processed: a session handed over waits for it to finish.
+        self._busy = asyncio.Lock()
         # One thread: the model is not shared between concurrent calls, and inference never
         # runs on the event loop.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad-infer")
@@ -35,6 +43,12 @@ class VadBatcher:
     def submit(self, session: VadSession) -> None:
         self._ready[session.sid] = session
         self._wake.set()
+
+    @asynccontextmanager
+    async def quiet(self) -> AsyncIterator[None]:
+        """No batch runs inside this block (a session's state can be saved consistently)."""
+        async with self._busy:
+            yield
 
     async def aclose(self) -> None:
         self._task.cancel()
@@ -45,27 +59,48 @@ class VadBatcher:
         self._pool.shutdown(wait=True)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._ready = list(self._ready.values()), {}
-            work = [(s, *s.take_pending()) for s in batch if not s.closed]
-            frames = [(s.state, pcm) for s, _, pcm in work if pcm]
-            if not frames:
-                continue
-            BATCH_SESSIONS.observe(len(frames))
-            with BATCH_SECONDS.time():
-                try:
-                    events = await loop.run_in_executor(self._pool, self.engine.process, frames)
-                except Exception:
-                    log.exception("vad inference failed; batch skipped")
-                    continue
+            async with self._busy:
+                await self._one_batch()
+
+    async def _one_batch(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch, self._ready = list(self._ready.values()), {}
+        work = [(s, *s.take_pending()) for s in batch if not s.closed]
+        frames = [(s.state, pcm) for s, _, pcm in work if pcm]
+        if not frames:
+            return
+        BATCH_SESSIONS.observe(len(frames))
+        with BATCH_SECONDS.time():
+            try:
+                events = await loop.run_in_executor(self._pool, self.engine.process, frames)
+            except Exception:
+                log.exception("vad inference failed; batch skipped")
+                return
             by_session: dict[str, list[VadEvent]] = {}
             for event in events:
                 by_session.setdefault(event.session_id, []).append(event)
-            for session, ids, _ in work:
-                try:
-                    await session.publish(by_session.get(session.sid, []), ids)
-                except Exception:
-                    log.exception("publishing vad events failed", session_id=session.sid)
+            acks: list[tuple[VadSession, list[bytes]]] = []
+            barge: list[VadSession] = []
+            try:
+                async with self.r.pipeline(transaction=False) as p:
+                    for session, ids, pcm in work:
+                        found = by_session.get(session.sid, [])
+                        acks.append((session, session.publish(p, found, ids, pcm)))
+                        if session.barge_in_due(found):
+                            barge.append(session)
+                    await p.execute()
+            except TRANSIENT as err:
+                # Unacknowledged, the audio is handled again by whoever holds the session
+                # next; this replica's state is ahead of Redis, so it lets go of nothing.
+                log.warning("redis unavailable, vad results not published", error=str(err))
+                return
+            for session, ids in acks:
+                session.acker.ack(*ids)
+        for session in barge:
+            try:
+                await barge_in(self.r, session.sid)
+            except Exception:
+                log.exception("barge-in failed", session_id=session.sid)

@@ -22,11 +22,12 @@ from vad_worker.session import VadSession
 @asynccontextmanager
 async def setup(settings: Settings, r: Redis) -> AsyncIterator[HandlerFactory]:
     model = await asyncio.to_thread(BatchVad, 1)
-    batcher = VadBatcher(VadEngine(VadParams.from_settings(settings), model))
+    batcher = VadBatcher(r, VadEngine(VadParams.from_settings(settings), model))
 
     async def open_session(sid: str, acker: Acker) -> SessionHandler:
         return await VadSession.restore(r, sid, acker, batcher,
-                                        forward_audio=settings.stt_streaming)
+                                        forward_audio=settings.stt_streaming,
+                                        max_lag_ms=settings.VAD_MAX_LAG_MS)
 
     try:
         yield open_session

@@ -1,4 +1,10 @@
-"""The VAD stage's per-session logic: queue audio for the batcher, publish what it finds."""
+"""The VAD stage's per-session logic: queue audio for the batcher, publish what it finds.
+
+A checkpoint is the model state plus an offset (the last input entry it covers): a replica
+taking the session over restores it and skips re-delivered entries up to the offset. The
+utterance in progress is appended to the checkpoint's audio key as it grows instead of being
+copied whole on every save. Inputs are acknowledged only once a checkpoint covers them.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,15 @@ import time
 from typing import TYPE_CHECKING, cast
 
 import structlog
+from prometheus_client import Counter
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
-from shared import keys
+from shared import keys, topology
 from shared.keys import Stage
-from shared.messages import AudioIn, UtteranceIn
+from shared.messages import AudioIn, SpeechKind, UtteranceIn, error_reply
 from shared.ownership import Acker
-from shared.redis_io import Fields, count_in_record, update_record
-from vad_worker.barge_in import barge_in
+from shared.redis_io import Fields
 from vad_worker.events import SpeechStarted, Utterance, VadEvent
 from vad_worker.state import SessionVadState
 
@@ -25,35 +32,72 @@ log = structlog.get_logger(__name__)
 # Audio between checkpoints: what a replica taking over the session processes again.
 CHECKPOINT_EVERY_SAMPLES = 16000
 CHECKPOINT_TTL_S = 3600
+STATE_FIELD, OFFSET_FIELD, AUDIO_LEN_FIELD = "state", "offset", "audio_len"
+AUDIO_SHED = ("the service is overloaded: some of your audio arrived too late and was "
+              "dropped")
+
+SHED_FRAMES = Counter("xrx_vad_audio_shed_total", "Audio entries dropped as too late")
+
+# One session's checkpoint, atomically: the state and its offset, and the utterance audio
+# replaced (a new utterance), extended, or dropped (none in progress).
+_SAVE = """
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'offset', ARGV[2], 'audio_len', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+if ARGV[3] == 'set' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[6])
+elseif ARGV[3] == 'append' then redis.call('APPEND', KEYS[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+elseif ARGV[3] == 'del' then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+
+def entry_order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 class VadSession:
-    """Per-session audio queue in front of the shared batcher.
-
-    Inputs are acknowledged only once a checkpoint covers them, so a replica that takes the
-    session over restores the checkpoint and re-reads exactly the audio after it.
-    """
+    """Per-session audio queue in front of the shared batcher."""
 
     def __init__(self, r: Redis, sid: str, acker: Acker, state: SessionVadState,
-                 batcher: VadBatcher, *, forward_audio: bool = False) -> None:
+                 batcher: VadBatcher, *, offset: bytes = b"0-0", saved_audio: int = 0,
+                 forward_audio: bool = False, max_lag_ms: int = 3000) -> None:
         self.silence_ms = batcher.engine.params.silence_ms
         self.r, self.sid, self.acker, self.state, self.batcher = r, sid, acker, state, batcher
         # Streaming STT: audio goes on as it comes; the VAD only detects barge-in.
         self.forward_audio = forward_audio
+        self.max_lag_ms = max_lag_ms
         self.pending: list[tuple[bytes, bytes]] = []  # (entry id, pcm) not yet processed
         self.uncheckpointed: list[bytes] = []
+        self.offset = entry_order(offset)  # the last entry the state has consumed
+        self._offset_id = offset
         self._checkpointed_pos = state.pos
+        self._saved_start = state.buf_start if state.triggered else -1
+        self._saved_len = saved_audio
         self.closed = False
         self._speaking = state.triggered
+        self._shedding = False
 
     @classmethod
     async def restore(cls, r: Redis, sid: str, acker: Acker, batcher: VadBatcher, *,
-                      forward_audio: bool = False) -> VadSession:
-        raw = cast(bytes | None, await r.get(keys.checkpoint(sid, Stage.VAD)))
-        state = SessionVadState.from_bytes(raw) if raw else SessionVadState(session_id=sid)
-        if raw:
-            log.info("vad state restored from checkpoint", session_id=sid, pos=state.pos)
-        return cls(r, sid, acker, state, batcher, forward_audio=forward_audio)
+                      forward_audio: bool = False, max_lag_ms: int = 3000) -> VadSession:
+        async with r.pipeline(transaction=False) as p:
+            p.hgetall(keys.checkpoint(sid, Stage.VAD))
+            p.get(keys.checkpoint_audio(sid, Stage.VAD))
+            saved, audio = await p.execute()
+        saved = cast(dict[bytes, bytes], saved)
+        if not saved:
+            return cls(r, sid, acker, SessionVadState(session_id=sid), batcher,
+                       forward_audio=forward_audio, max_lag_ms=max_lag_ms)
+        state = SessionVadState.from_bytes(saved[STATE_FIELD.encode()])
+        audio_len = int(saved.get(AUDIO_LEN_FIELD.encode(), 0))
+        if state.triggered:
+            state.buffer = bytearray((audio or b"")[:audio_len])
+        log.info("vad state restored from checkpoint", session_id=sid, pos=state.pos,
+                 utterance_bytes=len(state.buffer))
+        return cls(r, sid, acker, state, batcher, offset=saved[OFFSET_FIELD.encode()],
+                   saved_audio=len(state.buffer), forward_audio=forward_audio,
+                   max_lag_ms=max_lag_ms)
 
     async def handle(self, entry_id: bytes, fields: Fields) -> bool:
         entry = AudioIn.decode(fields)
@@ -62,17 +106,45 @@ class VadSession:
             ids = [i for i, _ in self.pending] + self.uncheckpointed + [entry_id]
             self.pending.clear()
             self.uncheckpointed.clear()
-            await self.acker.ack(*ids)
-            await self.r.delete(keys.checkpoint(self.sid, Stage.VAD))
+            self.acker.ack(*ids)
+            await self.r.delete(keys.checkpoint(self.sid, Stage.VAD),
+                                keys.checkpoint_audio(self.sid, Stage.VAD))
             return True
-        if self.forward_audio:
-            await self.r.xadd(keys.stage_input(self.sid, Stage.STT_BRIDGE),
-                              UtteranceIn(pcm=entry.pcm, streaming=True).encode())
+        order = entry_order(entry_id)
+        if order <= self.offset:
+            self.acker.ack(entry_id)  # consumed before the checkpoint this state came from
+            return False
+        if time.time() * 1000 - order[0] > self.max_lag_ms:
+            await self._shed(entry_id)
+            return False
+        self._shedding = False
         self.pending.append((entry_id, entry.pcm))
         self.batcher.submit(self)
         return False
 
+    async def _shed(self, entry_id: bytes) -> None:
+        """Too late to be live audio: drop it rather than fall further behind, and say so
+        once per episode."""
+        SHED_FRAMES.inc()
+        self.acker.ack(entry_id)
+        if not self._shedding:
+            self._shedding = True
+            log.warning("audio arriving too late, shedding", session_id=self.sid)
+            await topology.reply(self.r, error_reply(self.sid, AUDIO_SHED))
+
     async def close(self, *, handing_over: bool) -> None:
+        if self.closed:
+            return
+        if handing_over:
+            # Leave a checkpoint of everything processed; what is still queued stays
+            # unacknowledged for the next owner.
+            async with self.batcher.quiet():
+                self.closed = True
+                async with self.r.pipeline(transaction=False) as p:
+                    self._queue_checkpoint(p)
+                    await p.execute()
+                self.acker.ack(*self.uncheckpointed)
+                self.uncheckpointed.clear()
         self.closed = True
 
     def take_pending(self) -> tuple[list[bytes], bytes]:
@@ -81,46 +153,65 @@ class VadSession:
         self.pending.clear()
         return ids, pcm
 
-    async def publish(self, events: list[VadEvent], processed_ids: list[bytes]) -> None:
+    def publish(self, p: Pipeline, events: list[VadEvent], processed_ids: list[bytes],
+                pcm: bytes) -> list[bytes]:
+        """Queue on ``p`` what this batch found and, when due, a checkpoint; return the
+        entries to acknowledge once ``p`` has run."""
         if self.closed:
-            return
-        # Before the utterance goes out: the STT stage reads this when its transcript is ready.
-        await self._report_speaking()
+            return []
+        if processed_ids:
+            self._offset_id = processed_ids[-1]
+            self.offset = entry_order(self._offset_id)
+        if self.forward_audio and pcm:
+            topology.send(p, Stage.STT_BRIDGE,
+                          UtteranceIn(session_id=self.sid, kind=SpeechKind.STREAM, pcm=pcm))
         for event in events:
-            if isinstance(event, SpeechStarted):
-                await barge_in(self.r, self.sid)
-            elif isinstance(event, Utterance) and not self.forward_audio:
-                seq = await count_in_record(self.r, self.sid, keys.RECORD_UTTERANCES)
-                log.info("utterance", session_id=self.sid, start_ms=event.start_ms,
-                         end_ms=event.end_ms, seq=seq)
-                await self.r.xadd(keys.stage_input(self.sid, Stage.STT_BRIDGE),
-                                  UtteranceIn(pcm=event.pcm, start_ms=event.start_ms,
-                                              end_ms=event.end_ms, seq=seq).encode())
+            if isinstance(event, Utterance):
+                # The user stopped talking: said before the utterance, in the same stream.
+                self._report_speaking(p, speaking=False)
+                if not self.forward_audio:
+                    log.info("utterance", session_id=self.sid, start_ms=event.start_ms,
+                             end_ms=event.end_ms)
+                    topology.send(p, Stage.STT_BRIDGE, UtteranceIn(
+                        session_id=self.sid, kind=SpeechKind.UTTERANCE, pcm=event.pcm,
+                        start_ms=event.start_ms, end_ms=event.end_ms))
+        self._report_speaking(p, speaking=self.state.triggered)
         self.uncheckpointed += processed_ids
         if self.state.pos - self._checkpointed_pos >= CHECKPOINT_EVERY_SAMPLES or events:
-            await self._checkpoint()
+            self._queue_checkpoint(p)
+            done, self.uncheckpointed = self.uncheckpointed, []
+            return done
+        return []
 
-    async def _report_speaking(self) -> None:
-        speaking = self.state.triggered
+    def barge_in_due(self, events: list[VadEvent]) -> bool:
+        return not self.closed and any(isinstance(e, SpeechStarted) for e in events)
+
+    def _report_speaking(self, p: Pipeline, *, speaking: bool) -> None:
         if speaking == self._speaking:
             return
         self._speaking = speaking
-        fields: dict[str, int] = {keys.RECORD_SPEAKING: int(speaking)}
-        if not speaking:
+        if speaking:
+            entry = UtteranceIn(session_id=self.sid, kind=SpeechKind.SPEAKING)
+        else:
             # The utterance ended after silence_ms of silence: that is when the voice stopped.
-            now_ms = int(time.time() * 1000)
-            fields[keys.RECORD_LAST_VOICE_MS] = now_ms - self.silence_ms
-        await update_record(self.r, self.sid, **fields)
+            entry = UtteranceIn(session_id=self.sid, kind=SpeechKind.QUIET,
+                                voice_end_ms=int(time.time() * 1000) - self.silence_ms)
+        topology.send(p, Stage.STT_BRIDGE, entry)
 
-    async def _checkpoint(self) -> None:
-        async with self.r.pipeline(transaction=True) as p:
-            p.set(keys.checkpoint(self.sid, Stage.VAD), self.state.to_bytes(),
-                  ex=CHECKPOINT_TTL_S)
-            if self.uncheckpointed:
-                # Acknowledged audio is deleted: only this stage reads the session's stream.
-                stream = keys.stage_input(self.sid, Stage.VAD)
-                p.xack(stream, Stage.VAD.value, *self.uncheckpointed)
-                p.xdel(stream, *self.uncheckpointed)
-            await p.execute()
-        self.uncheckpointed.clear()
-        self._checkpointed_pos = self.state.pos
+    def _queue_checkpoint(self, p: Pipeline) -> None:
+        st = self.state
+        audio, mode = b"", "keep"
+        if not st.triggered:
+            if self._saved_len:
+                mode = "del"
+            self._saved_start, self._saved_len = -1, 0
+        elif st.buf_start != self._saved_start or len(st.buffer) < self._saved_len:
+            audio, mode = bytes(st.buffer), "set"
+            self._saved_start, self._saved_len = st.buf_start, len(st.buffer)
+        elif len(st.buffer) > self._saved_len:
+            audio, mode = bytes(st.buffer[self._saved_len:]), "append"
+            self._saved_len = len(st.buffer)
+        p.eval(_SAVE, 2, keys.checkpoint(self.sid, Stage.VAD),
+               keys.checkpoint_audio(self.sid, Stage.VAD), st.to_bytes(with_audio=False),
+               self._offset_id, mode, audio, self._saved_len, CHECKPOINT_TTL_S)
+        self._checkpointed_pos = st.pos

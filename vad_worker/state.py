@@ -69,8 +69,12 @@ class SessionVadState:
     # SpeechStarted already sent for the current utterance.
     speech_started: bool = False
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, *, with_audio: bool = True) -> bytes:
+        """The whole state; without ``with_audio``, the pre-roll and the utterance buffer are
+        left out (a checkpoint keeps the buffer separately, appended as it grows)."""
         sid = self.session_id.encode()
+        preroll = self.preroll if with_audio else b""
+        buffer = self.buffer if with_audio else b""
         flags = (_FLAG_TRIGGERED if self.triggered else 0) | (
             _FLAG_SPEECH_STARTED if self.speech_started else 0
         )
@@ -86,8 +90,8 @@ class SessionVadState:
             self.silence_start,
             len(sid),
             len(self.remainder),
-            len(self.preroll),
-            len(self.buffer),
+            len(preroll),
+            len(buffer),
         )
         return b"".join(
             (
@@ -96,8 +100,8 @@ class SessionVadState:
                 np.ascontiguousarray(self.context, dtype="<f4").tobytes(),
                 sid,
                 self.remainder,
-                self.preroll,
-                self.buffer,
+                preroll,
+                buffer,
             )
         )
 

@@ -1,0 +1,122 @@
+"""The pipeline's topology, declared once: which stage reads which entry type, and where a
+session's entries go.
+
+    client -> gateway -> vad -> stt_bridge -> agent_bridge -> tts_bridge
+                     \\-------(text, actions)--^
+    every stage -> replies -> gateway -> client
+
+Every write to a stage's input or to the replies goes through :func:`send` / :func:`reply`,
+so a stage is never paired with the wrong entry type and no module spells a stream name.
+
+A session's entries for a stage all go to one of ``PARTITIONS`` partition streams, chosen by
+hashing the session id; replicas of the stage hold partitions through leases
+(shared/leases.py) and rebalance them as replicas come and go. A replica's read is one
+XREADGROUP over the few partitions it holds, whatever the number of sessions in them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared import keys
+from shared.keys import Stage
+from shared.messages import (
+    AgentInput,
+    AudioIn,
+    Entry,
+    InputKind,
+    Reply,
+    SpeakIn,
+    SpeakKind,
+    SpeechKind,
+    UtteranceIn,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    stage: Stage
+    entry: type[Entry]  # what the stage's input carries
+    close: Entry  # the marker that ends a session at this stage (session_id filled in)
+    fed_by: tuple[str, ...]  # who writes to it, for readers of this table
+    # Entries kept per partition stream at most: a backstop against unbounded growth when
+    # the stage falls behind (the VAD sheds late audio before this is reached).
+    maxlen: int
+
+
+PIPELINE: tuple[StageSpec, ...] = (
+    StageSpec(Stage.VAD, AudioIn, AudioIn(close=True), ("gateway",), maxlen=20_000),
+    StageSpec(Stage.STT_BRIDGE, UtteranceIn, UtteranceIn(kind=SpeechKind.CLOSE), ("vad",),
+              maxlen=20_000),
+    StageSpec(Stage.AGENT_BRIDGE, AgentInput, AgentInput(kind=InputKind.CLOSE),
+              ("gateway", "stt_bridge", "vad (barge-in)"), maxlen=10_000),
+    StageSpec(Stage.TTS_BRIDGE, SpeakIn, SpeakIn(kind=SpeakKind.CLOSE),
+              ("agent_bridge", "vad (barge-in)"), maxlen=10_000),
+)
+SPECS: dict[Stage, StageSpec] = {spec.stage: spec for spec in PIPELINE}
+
+# Replies kept per partition: what a slow or reconnecting reader can still get.
+REPLY_MAXLEN = 5_000
+
+DEFAULT_PARTITIONS = 32
+_partitions = DEFAULT_PARTITIONS
+
+
+def configure(partitions: int) -> None:
+    """Set the partition count (``PARTITIONS``): every process of a deployment must agree."""
+    global _partitions
+    _partitions = partitions
+
+
+def partitions() -> int:
+    return _partitions
+
+
+def partition_of(sid: str) -> int:
+    return zlib.crc32(sid.encode()) % _partitions
+
+
+def input_stream(stage: Stage, sid: str) -> str:
+    return keys.stage_partition(stage, partition_of(sid))
+
+
+def stage_streams(stage: Stage) -> list[str]:
+    return [keys.stage_partition(stage, n) for n in range(_partitions)]
+
+
+def reply_streams() -> list[str]:
+    return [keys.reply_partition(n) for n in range(_partitions)]
+
+
+Writer = Redis | Pipeline
+
+
+def send(w: Writer, stage: Stage, entry: Entry) -> Any:
+    """Append ``entry`` to its session's partition of ``stage``'s input (queued when ``w`` is
+    a pipeline, awaitable otherwise)."""
+    spec = SPECS[stage]
+    if not isinstance(entry, spec.entry):
+        raise TypeError(f"{stage.value} takes {spec.entry.__name__}, not {type(entry).__name__}")
+    sid: str = entry.session_id  # type: ignore[attr-defined]
+    if not sid:
+        raise ValueError("an entry must name its session")
+    return w.xadd(input_stream(stage, sid), entry.encode(), maxlen=spec.maxlen,
+                  approximate=True)
+
+
+def reply(w: Writer, entry: Reply) -> Any:
+    """Append a reply for the client to its session's reply partition."""
+    if not entry.session_id:
+        raise ValueError("a reply must name its session")
+    return w.xadd(keys.reply_partition(partition_of(entry.session_id)), entry.encode(),
+                  maxlen=REPLY_MAXLEN, approximate=True)
+
+
+def close_markers(sid: str) -> list[tuple[Stage, Entry]]:
+    return [(spec.stage, dataclasses.replace(spec.close, session_id=sid))  # type: ignore[type-var]
+            for spec in PIPELINE]

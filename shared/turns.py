@@ -1,0 +1,48 @@
+"""Turns and fencing: every input that starts a turn takes the next number of the session's
+counter and fences every earlier turn; barge-in fences the turn in flight without starting one.
+Whoever emits to the client drops replies of fenced turns."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from shared import keys
+
+# A new input starts turn N and kills every earlier turn (fence = N).
+_BEGIN_TURN = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], n)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return n
+"""
+
+# Barge-in kills the turn in flight without starting one: the next input gets counter + 1.
+_KILL_TURNS = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+redis.call('SET', KEYS[2], n + 1)
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return n
+"""
+
+STATE_TTL_S = 24 * 3600
+
+
+async def begin_turn(r: Redis, sid: str) -> int:
+    n = await r.eval(_BEGIN_TURN, 2, keys.turn_counter(sid), keys.fence(sid), STATE_TTL_S)
+    return int(n)
+
+
+async def kill_turns(r: Redis, sid: str) -> int:
+    """Fence every turn started so far; return the last turn killed (0 when none)."""
+    n = await r.eval(_KILL_TURNS, 2, keys.turn_counter(sid), keys.fence(sid), STATE_TTL_S)
+    return int(n)
+
+
+async def fence_of(r: Redis, sid: str) -> int:
+    raw = await r.get(keys.fence(sid))
+    return int(raw) if raw else 0
+
+
+def is_fenced(turn: int, fence: int) -> bool:
+    return turn != 0 and turn < fence
