@@ -247,10 +247,10 @@ class AudioIn(Entry):
 
 
 class SpeechKind(StrEnum):
-    UTTERANCE = "utterance"  # a finished utterance's audio
+    UTTERANCE = "utterance"  # a finished utterance's audio; the voice stopped at voice_end_ms
     STREAM = "stream"  # raw audio for a streaming STT provider
     SPEAKING = "speaking"  # the user started talking
-    QUIET = "quiet"  # the user stopped talking at ``voice_end_ms``
+    QUIET = "quiet"  # the user stopped talking at ``voice_end_ms`` and nothing was said
     CLOSE = "close"
 
 

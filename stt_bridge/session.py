@@ -60,6 +60,8 @@ class SttSession:
                 self._voice_end_ms = entry.voice_end_ms or self._voice_end_ms
                 self._voice_changed.set()
             case SpeechKind.UTTERANCE:
+                self._speaking = False
+                self._voice_end_ms = entry.voice_end_ms or self._voice_end_ms
                 self._utterances.put((entry_id, entry))
                 self._voice_changed.set()
                 return False

@@ -166,15 +166,16 @@ class VadSession:
             topology.send(p, Stage.STT_BRIDGE,
                           UtteranceIn(session_id=self.sid, kind=SpeechKind.STREAM, pcm=pcm))
         for event in events:
-            if isinstance(event, Utterance):
-                # The user stopped talking: said before the utterance, in the same stream.
-                self._report_speaking(p, speaking=False)
-                if not self.forward_audio:
-                    log.info("utterance", session_id=self.sid, start_ms=event.start_ms,
-                             end_ms=event.end_ms)
-                    topology.send(p, Stage.STT_BRIDGE, UtteranceIn(
-                        session_id=self.sid, kind=SpeechKind.UTTERANCE, pcm=event.pcm,
-                        start_ms=event.start_ms, end_ms=event.end_ms))
+            if isinstance(event, Utterance) and not self.forward_audio:
+                log.info("utterance", session_id=self.sid, start_ms=event.start_ms,
+                         end_ms=event.end_ms)
+                # One entry says both that the voice stopped and what was said: the STT
+                # stage must never see the one without the other.
+                self._speaking = False
+                topology.send(p, Stage.STT_BRIDGE, UtteranceIn(
+                    session_id=self.sid, kind=SpeechKind.UTTERANCE, pcm=event.pcm,
+                    start_ms=event.start_ms, end_ms=event.end_ms,
+                    voice_end_ms=self._voice_end_ms()))
         self._report_speaking(p, speaking=self.state.triggered)
         self.uncheckpointed += processed_ids
         if self.state.pos - self._checkpointed_pos >= CHECKPOINT_EVERY_SAMPLES or events:
@@ -193,10 +194,13 @@ class VadSession:
         if speaking:
             entry = UtteranceIn(session_id=self.sid, kind=SpeechKind.SPEAKING)
         else:
-            # The utterance ended after silence_ms of silence: that is when the voice stopped.
             entry = UtteranceIn(session_id=self.sid, kind=SpeechKind.QUIET,
-                                voice_end_ms=int(time.time() * 1000) - self.silence_ms)
+                                voice_end_ms=self._voice_end_ms())
         topology.send(p, Stage.STT_BRIDGE, entry)
+
+    def _voice_end_ms(self) -> int:
+        # The utterance ended after silence_ms of silence: that is when the voice stopped.
+        return int(time.time() * 1000) - self.silence_ms
 
     def _queue_checkpoint(self, p: Pipeline) -> None:
         st = self.state
