@@ -21,6 +21,7 @@ from gateway.audio_ingest import AudioIngest
 from gateway.auth import AuthResult, check_api_key
 from gateway.metrics import AUTH_FAILURES, BAD_FRAMES, CONNECTIONS, FRAMES_IN
 from gateway.outlet import Outlet
+from gateway.placement import Placement
 from gateway.replies import ReplyReader, stop_task
 from shared.config import DEFAULT_API_KEY, Settings
 from shared.health import health_routes
@@ -50,6 +51,7 @@ class Gateway:
         self.gateway_id = settings.WORKER_ID or uuid.uuid4().hex[:12]
         self.reader = ReplyReader(r)
         self.audio = AudioIngest(r, self._audio_lost)
+        self.placement = Placement(r)
 
     async def _audio_lost(self, sid: str) -> None:
         outlet = self.reader.outlets.get(sid)
@@ -84,7 +86,7 @@ class Gateway:
             log.info("connection refused", reason=reason, client=str(ws.client))
             await ws.send_denial_response(PlainTextResponse(reason, status_code=status))
             return
-        sid = uuid.uuid4().hex
+        sid = await self.placement.new_session_id()
         with structlog.contextvars.bound_contextvars(session_id=sid):
             try:
                 await sessions.open_session(self.r, sid, self.gateway_id,

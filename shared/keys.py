@@ -105,6 +105,12 @@ def partition_epoch(stage: Stage, n: int) -> str:
     return f"{PREFIX}:{partition_tag(stage.value, n)}:epoch"
 
 
+def stage_load(stage: Stage) -> str:
+    """Hash: partition -> ``<holder> <sessions>``, written by each holder as it heartbeats;
+    the gateway places new sessions by it."""
+    return f"{PREFIX}:load:{stage.value}"
+
+
 def stage_members(stage: Stage) -> str:
     """Sorted set of a stage's live replicas, scored by their last heartbeat (ms)."""
     return f"{PREFIX}:members:{stage.value}"

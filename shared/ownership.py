@@ -278,6 +278,9 @@ class StageWorker:
                 await self._drop(n)
             for n in take:
                 await self._take(n)
+            if self.held:
+                await self.r.hset(keys.stage_load(self.stage), mapping={
+                    n: f"{self.consumer} {len(p.sessions)}" for n, p in self.held.items()})
 
     async def _take(self, n: int) -> None:
         epoch = await self.leases.acquire(n)

@@ -19,8 +19,11 @@ pytestmark = pytest.mark.voice
 SENTENCE = "I would like a large pepperoni pizza with extra cheese please"
 
 
+@pytest.mark.parametrize("how", ["kill", "sigterm"])
 async def test_vad_failover_mid_utterance_keeps_the_utterance_whole(
-        redis_server: RedisServer) -> None:
+        redis_server: RedisServer, how: str) -> None:
+    """kill: the lease runs out and the other replica restores the last checkpoint;
+    sigterm: the owner checkpoints and hands its partitions over at once."""
     env = make_env(redis_server, 6, GUARDRAILS_AGENT_HOST="", LEASE_MS="1500",
                    STT_PORT=str(free_port()), TTS_PORT=str(free_port()))
     system = TextSystem(redis_server, 6, env)
@@ -41,7 +44,10 @@ async def test_vad_failover_mid_utterance_keeps_the_utterance_whole(
         audio = spoken(SENTENCE, lead_ms=500, tail_ms=1500)
         sender = asyncio.create_task(stream(client, audio, FRAME_30MS))
         await asyncio.sleep(2.0)  # 1.5 s into the sentence
-        system.procs[owner].kill()
+        if how == "kill":
+            system.procs[owner].kill()
+        else:
+            await asyncio.to_thread(system.procs[owner].terminate)
         got = await client.until(lambda m: len(transcripts([m])) == 1, timeout=60)
         await sender
         said = transcripts(got)[0].lower()

@@ -1,0 +1,91 @@
+"""Pure logic of the stream layer: shares, rebalancing plans, placement, entry codecs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gateway.placement import least_loaded, session_id_in
+from shared import topology
+from shared.keys import Stage
+from shared.leases import plan, share
+from shared.messages import AgentInput, AudioIn, InputKind, Modality, Reply, session_of
+from vad_worker.state import SessionVadState
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3, 5, 32, 40])
+def test_shares_cover_every_partition_once(replicas: int) -> None:
+    members = [f"r{i}" for i in range(replicas)]
+    shares = [share(members, m, 32) for m in members]
+    assert sum(shares) == 32
+    assert max(shares) - min(shares) <= 1
+
+
+def test_a_replica_not_yet_listed_counts_itself() -> None:
+    assert share(["a"], "b", 32) == 16
+
+
+def test_plan_releases_the_excess_and_takes_only_free_partitions() -> None:
+    assert plan({0, 1, 2, 3}, set(), 2) == ([3, 2], [])
+    assert plan({0}, {5, 1, 7}, 3) == ([], [1, 5])
+    assert plan({0, 1}, {4}, 2) == ([], [])
+    # Taken partitions that are not free stay where they are.
+    assert plan(set(), {9}, 4) == ([], [9])
+
+
+def test_two_replicas_converge_on_a_split() -> None:
+    """Both apply the same rule from the same view: the partitions end up split, none twice."""
+    holders: dict[int, str] = dict.fromkeys(range(8), "a")
+    for _ in range(3):
+        for me in ("a", "b"):
+            owned = {n for n, h in holders.items() if h == me}
+            free = {n for n in range(8) if n not in holders}
+            release, take = plan(owned, free, share(["a", "b"], me, 8))
+            for n in release:
+                del holders[n]
+            for n in take:
+                holders[n] = me
+    assert sorted(holders.values()).count("a") == 4
+    assert sorted(holders.values()).count("b") == 4
+
+
+def test_placement_picks_the_emptiest_partition_of_the_least_loaded_replica() -> None:
+    load = {0: ("a", 5), 1: ("a", 5), 2: ("b", 1), 3: ("b", 3)}
+    assert least_loaded(load, 32) == 2
+    assert least_loaded({}, 32) is None
+    sid = session_id_in(2)
+    assert topology.partition_of(sid) == 2
+
+
+def test_entries_round_trip_and_leave_defaults_out() -> None:
+    entry = AgentInput(session_id="s1", kind=InputKind.ACTION, turn=3,
+                       action={"type": "tool", "details": {"tool": "x"}},
+                       modality=Modality.AUDIO)
+    fields = {k.encode() if isinstance(k, str) else k: str(v).encode() if not isinstance(
+        v, bytes) else v for k, v in entry.encode().items()}
+    assert AgentInput.decode(fields) == entry
+    assert session_of(fields) == "s1"
+    assert set(AudioIn(session_id="s", pcm=b"\x01\x00").encode()) == {"session_id", "pcm"}
+    assert set(Reply(session_id="s", pcm=b"ab").encode()) == {"session_id", "pcm"}
+
+
+def test_send_refuses_the_wrong_entry_type_for_a_stage() -> None:
+    class Recorder:
+        def xadd(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("must not be written")
+
+    with pytest.raises(TypeError):
+        topology.send(Recorder(), Stage.VAD, AgentInput(session_id="s"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        topology.send(Recorder(), Stage.VAD, AudioIn())  # type: ignore[arg-type]
+
+
+def test_a_checkpoint_without_audio_keeps_everything_else() -> None:
+    st = SessionVadState(session_id="s", pos=12345, triggered=True, buf_start=100,
+                         voiced=900, buffer=bytearray(b"\x01\x02" * 50),
+                         preroll=bytearray(b"\x03\x04" * 10), remainder=b"\x05\x06")
+    back = SessionVadState.from_bytes(st.to_bytes(with_audio=False))
+    assert back.buffer == bytearray() and back.preroll == bytearray()
+    same = dataclasses.replace(back, buffer=st.buffer, preroll=st.preroll)
+    assert same.to_bytes() == st.to_bytes()
