@@ -62,8 +62,9 @@ def test_entries_round_trip_and_leave_defaults_out() -> None:
     entry = AgentInput(session_id="s1", kind=InputKind.ACTION, turn=3,
                        action={"type": "tool", "details": {"tool": "x"}},
                        modality=Modality.AUDIO)
-    fields = {k.encode() if isinstance(k, str) else k: str(v).encode() if not isinstance(
-        v, bytes) else v for k, v in entry.encode().items()}
+    # As Redis gives them back: every name and value as bytes.
+    fields = {str(k).encode(): v if isinstance(v, bytes) else str(v).encode()
+              for k, v in entry.encode().items()}
     assert AgentInput.decode(fields) == entry
     assert session_of(fields) == "s1"
     assert set(AudioIn(session_id="s", pcm=b"\x01\x00").encode()) == {"session_id", "pcm"}
