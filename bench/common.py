@@ -76,6 +76,14 @@ class BenchResult:
                 return fig
         raise KeyError(key)
 
+    @classmethod
+    def from_json(cls, name: str, body: dict[str, Any]) -> BenchResult:
+        """A result as ``to_json`` wrote it (to re-render results.md from results.json)."""
+        figures = [Figure(key, f["label"], f["unit"], list(f["samples"]))
+                   for key, f in body.get("figures", {}).items()]
+        return cls(name, figures, dict(body.get("details", {})), list(body.get("notes", [])),
+                   float(body.get("seconds", 0.0)), body.get("error"))
+
     def to_json(self) -> dict[str, Any]:
         return {"figures": {f.key: f.to_json() for f in self.figures},
                 "details": self.details, "notes": self.notes,

@@ -99,8 +99,11 @@ def markdown(doc: dict[str, Any], results: list[BenchResult]) -> str:
         lines.append("")
         if r.error is not None:
             lines += ["```", r.error.rstrip(), "```", ""]
+        # A benchmark's own markdown (a table per load level, say) comes first.
+        if r.details.get("table"):
+            lines += [*r.details["table"], ""]
         lines += [f"- {note}" for note in r.notes]
-        brief = {k: v for k, v in r.details.items() if k != "runs"}
+        brief = {k: v for k, v in r.details.items() if k not in ("runs", "table", "scale_out")}
         if brief:
             lines.append(f"- Details: `{json.dumps(brief, separators=(', ', ': '))}`")
         lines.append("")
