@@ -52,6 +52,8 @@ WARMUP_S = 2.0  # a session's turns ending this early in its stream are not coun
 SESSIONS_PER_DRIVER = 150
 STAGES = ("vad-worker", "stt-bridge", "agent-bridge", "tts-bridge")
 SAMPLE_S = 1.0
+KILL_AFTER_READY_S = 10.0
+KILL_BEFORE_END_S = 10.0
 OWNED = re.compile(r"^(xrx_owned_\w+)(\{[^}]*\})?\s+([-+0-9.eE]+|NaN)$")
 
 
@@ -456,7 +458,14 @@ async def run_scale_out(n: int, seconds: float, add_at: float, kill_at: float, w
                             events["added"] = now
                             adder = asyncio.create_task(asyncio.to_thread(
                                 _add_replicas, system))
-                        if now >= kill_at and "sigterm" not in events:
+                        if adder is not None and adder.done() and "ready" not in events:
+                            adder.result()
+                            events["ready"] = now
+                        # The SIGTERM waits for the new replicas (their start-up, torch and
+                        # all, is slow on a busy box) to have had KILL_AFTER_READY_S.
+                        due = max(kill_at, events.get("ready", math.inf) + KILL_AFTER_READY_S)
+                        if now >= min(due, seconds - KILL_BEFORE_END_S) \
+                                and "sigterm" not in events:
                             events["sigterm"] = now
                             p = system.procs["vad-worker-1"].proc
                             assert p is not None
@@ -494,8 +503,10 @@ def scale_out_summary(n: int, outs: list[dict[str, Any]], timeline: list[dict[st
         return None
 
     added, killed = events.get("added", add_at), events.get("sigterm", kill_at)
+    ready = events.get("ready", added)
     phases = {"before_add": turn_stats(outs, warmup_s, t_to=added),
-              "after_add": turn_stats(outs, warmup_s, added, killed),
+              "replicas_starting": turn_stats(outs, warmup_s, added, ready),
+              "both_ready": turn_stats(outs, warmup_s, ready, killed),
               "after_sigterm": turn_stats(outs, warmup_s, killed)}
     gauges = sorted({k for row in timeline for v in row.values() if isinstance(v, dict)
                      for k in v})
@@ -511,10 +522,15 @@ def scale_out_summary(n: int, outs: list[dict[str, Any]], timeline: list[dict[st
     }
     for stage in ("vad-worker", "stt-bridge"):
         new = f"{stage}-2"
-        out[f"{stage}_new_replica_first_session_s"] = first_time(
-            lambda row, new=new: owned_total(row.get(new)) >= 1, added)
-        out[f"{stage}_new_replica_quarter_share_s"] = first_time(
-            lambda row, new=new: owned_total(row.get(new)) >= n / 4, added)
+        # From the new replicas being ready, and only until the SIGTERM: what they took of
+        # the running sessions on their own.
+        out[f"{stage}_new_replica_first_session_after_ready_s"] = first_time(
+            lambda row, new=new: row["t"] < killed and owned_total(row.get(new)) >= 1, ready)
+        out[f"{stage}_new_replica_quarter_share_after_ready_s"] = first_time(
+            lambda row, new=new: row["t"] < killed and owned_total(row.get(new)) >= n / 4,
+            ready)
+        out[f"{stage}_new_replica_owned_before_sigterm"] = max(
+            (owned_total(row.get(new)) for row in timeline if row["t"] < killed), default=0.0)
     out["vad_after_sigterm_new_replica_owns_all_s"] = first_time(
         lambda row: owned_total(row.get("vad-worker-2")) >= n, killed)
     return out
@@ -561,14 +577,17 @@ def scale_table(s: dict[str, Any]) -> list[str]:
     for k, v in s["phases"].items():
         lines.append(f"| {k} | {v['turns']} | {v['lost']} | {v['duplicated']} | "
                      f"{fmt(v['p50_ms'])} | {fmt(v['p99_ms'])} |")
-    names = [k for k in (s["owned_timeline"][0] if s["owned_timeline"] else {}) if k != "t"]
+    names: list[str] = []
+    for row in s["owned_timeline"]:
+        names += [k for k in row if k != "t" and k not in names]
     lines += ["", "Owned (sum of `xrx_owned_*` gauges) over time:", "",
               "| t s | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     step = max(1, len(s["owned_timeline"]) // 30)
     for row in s["owned_timeline"][::step]:
         lines.append(f"| {row['t']:.0f} | " + " | ".join(
             "-" if row.get(k) is None else f"{row[k]:.0f}" for k in names) + " |")
-    lines += ["", *(f"- {k}: {s[k]}" for k in s if k.endswith("_s") and k != "events_s")]
+    lines += ["", *(f"- {k}: {s[k]}" for k in s
+                    if k.endswith(("_s", "_before_sigterm")) and k != "events_s")]
     return lines
 
 
