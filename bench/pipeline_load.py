@@ -429,8 +429,19 @@ async def scrape_owned(client: httpx.AsyncClient, port: int) -> dict[str, float]
 
 
 def owned_total(sample: dict[str, float] | None) -> float:
-    """Sessions (or partitions) a replica owns: the sum over its owned gauges."""
-    return sum(sample.values()) if sample else 0.0
+    """Sessions a replica owns: ``xrx_owned_sessions`` if it has it, else the sum of whatever
+    ``xrx_owned_*`` gauges it has (the stream layer may count partitions instead)."""
+    if not sample:
+        return 0.0
+    sessions = [v for k, v in sample.items() if k.startswith("xrx_owned_sessions")]
+    return sum(sessions) if sessions else sum(sample.values())
+
+
+def owned_partitions(sample: dict[str, float] | None) -> float | None:
+    if not sample:
+        return None
+    parts = [v for k, v in sample.items() if k.startswith("xrx_owned_partitions")]
+    return sum(parts) if parts else None
 
 
 async def run_scale_out(n: int, seconds: float, add_at: float, kill_at: float, warmup_s: float,
@@ -519,6 +530,9 @@ def scale_out_summary(n: int, outs: list[dict[str, Any]], timeline: list[dict[st
         "owned_timeline": [{"t": row["t"], **{k: owned_total(v) if v is not None else None
                                               for k, v in row.items() if k != "t"}}
                            for row in timeline],
+        "partitions_timeline": [{"t": row["t"], **{k: owned_partitions(v)
+                                                   for k, v in row.items() if k != "t"}}
+                                for row in timeline],
     }
     for stage in ("vad-worker", "stt-bridge"):
         new = f"{stage}-2"
@@ -580,12 +594,15 @@ def scale_table(s: dict[str, Any]) -> list[str]:
     names: list[str] = []
     for row in s["owned_timeline"]:
         names += [k for k in row if k != "t" and k not in names]
-    lines += ["", "Owned (sum of `xrx_owned_*` gauges) over time:", "",
+    lines += ["", "Sessions owned per replica over time (`xrx_owned_sessions`; partitions held "
+              "in brackets where `xrx_owned_partitions` exists; - = not answering):", "",
               "| t s | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     step = max(1, len(s["owned_timeline"]) // 30)
-    for row in s["owned_timeline"][::step]:
+    for row, parts in list(zip(s["owned_timeline"], s["partitions_timeline"],
+                               strict=True))[::step]:
         lines.append(f"| {row['t']:.0f} | " + " | ".join(
-            "-" if row.get(k) is None else f"{row[k]:.0f}" for k in names) + " |")
+            "-" if row.get(k) is None else f"{row[k]:.0f}"
+            + ("" if parts.get(k) is None else f" ({parts[k]:.0f} p)") for k in names) + " |")
     lines += ["", *(f"- {k}: {s[k]}" for k in s
                     if k.endswith(("_s", "_before_sigterm")) and k != "events_s")]
     return lines
