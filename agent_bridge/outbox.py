@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from shared import topology
+from shared import keys, topology
 from shared.keys import Stage
 from shared.messages import Modality, MsgType, Reply, SpeakIn, SpeakKind, User
 from shared.turns import fence_of, is_fenced
@@ -43,20 +43,26 @@ class Outbox:
         await self._emit(payload, MsgType.WIDGET, speak=False, numbered=True)
 
     async def _emit(self, content: str, type_: MsgType, *, speak: bool, numbered: bool) -> None:
-        await self.check()
         seq = 0
         if numbered:
             self._outputs += 1
             seq = self._outputs
-        if self.modality == Modality.AUDIO:
-            await topology.send(self.r, Stage.TTS_BRIDGE, SpeakIn(
-                session_id=self.sid, kind=SpeakKind.SPEAK, turn=self.turn,
-                text=content if speak else "", user=User.AGENT, type=type_, content=content,
-                seq=seq))
-        else:
-            await topology.reply(self.r, Reply(session_id=self.sid, turn=self.turn,
-                                               user=User.AGENT, type=type_, content=content,
-                                               seq=seq))
+        # The fence is read in the same round trip as the output is written: an output of a
+        # fenced turn never reaches the client (the TTS stage and the gateway drop it), and
+        # the turn stops here.
+        async with self.r.pipeline(transaction=False) as p:
+            p.get(keys.fence(self.sid))
+            if self.modality == Modality.AUDIO:
+                topology.send(p, Stage.TTS_BRIDGE, SpeakIn(
+                    session_id=self.sid, kind=SpeakKind.SPEAK, turn=self.turn,
+                    text=content if speak else "", user=User.AGENT, type=type_,
+                    content=content, seq=seq))
+            else:
+                topology.reply(p, Reply(session_id=self.sid, turn=self.turn, user=User.AGENT,
+                                        type=type_, content=content, seq=seq))
+            raw, _ = await p.execute()
+        if is_fenced(self.turn, int(raw) if raw else 0):
+            raise TurnFenced()
 
     async def cancel_speech(self) -> None:
         await topology.send(self.r, Stage.TTS_BRIDGE,

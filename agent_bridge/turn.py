@@ -13,13 +13,13 @@ from redis.asyncio import Redis
 
 from agent_bridge.agent_client import AgentClient, AgentUnavailable
 from agent_bridge.outbox import Outbox, TurnFenced
-from shared import keys
+from shared import keys, topology
 from shared.config import Settings
 from shared.history import (
     HistoryKind,
+    agent_context,
     append_history,
-    load_agent_session,
-    recent_history,
+    queue_context,
     store_agent_session,
 )
 from shared.messages import (
@@ -33,7 +33,7 @@ from shared.messages import (
     signal,
 )
 from shared.protocols import REPLY_NODES, AgentField, AgentNode
-from shared.session_record import clear_record, update_record
+from shared.session_record import update_record
 
 log = structlog.get_logger(__name__)
 
@@ -53,11 +53,17 @@ class Turn:
     async def run(self) -> None:
         """Run to completion; cancellation (a newer input, barge-in) aborts the agent call."""
         outcome = "completed"
-        await update_record(self.r, self.sid, **{keys.RECORD_AGENT_BUSY: self.entry.turn})
-        await self.out.direct(signal(self.sid, self.entry.turn, Signal.STARTED_THINKING))
+        # One round trip to start: the record says the agent is busy (barge-in reads it), the
+        # client is told, and what the agent is sent is read.
+        async with self.r.pipeline(transaction=False) as p:
+            update_record(p, self.sid, **{keys.RECORD_AGENT_BUSY: self.entry.turn})
+            topology.reply(p, signal(self.sid, self.entry.turn, Signal.STARTED_THINKING))
+            queue_context(p, self.sid, self.settings.MAX_AGENT_MESSAGES)
+            *_, raw_history, raw_session = await p.execute()
+        history, session = agent_context(self.sid, raw_history, raw_session)
         watchdog = asyncio.create_task(self._slow_notice())
         try:
-            await self._call_agent()
+            await self._call_agent(history, session)
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
@@ -75,8 +81,10 @@ class Turn:
             TURNS.labels(outcome).inc()
 
     async def _close_turn(self) -> None:
-        await clear_record(self.r, self.sid, keys.RECORD_AGENT_BUSY, keys.RECORD_AGENT_TASK)
-        await self.out.direct(signal(self.sid, self.entry.turn, Signal.ENDED_THINKING))
+        async with self.r.pipeline(transaction=False) as p:
+            p.hdel(keys.session_record(self.sid), keys.RECORD_AGENT_BUSY)
+            topology.reply(p, signal(self.sid, self.entry.turn, Signal.ENDED_THINKING))
+            await p.execute()
 
     async def _abandon(self) -> None:
         await self.agent.cancel(self.task_id)
@@ -84,16 +92,12 @@ class Turn:
             await self.out.cancel_speech()
         await self.out.direct(signal(self.sid, 0, Signal.CLEAR_AUDIO_BUFFER, User.SYSTEM))
 
-    async def _call_agent(self) -> None:
-        history = await recent_history(self.r, self.sid, self.settings.MAX_AGENT_MESSAGES)
-        session = await load_agent_session(self.r, self.sid)
+    async def _call_agent(self, history: list[dict[str, Any]], session: dict[str, Any]) -> None:
         new_messages: list[dict[str, Any]] = []
         spoken: list[str] = []
         started = time.monotonic()
         async with self.agent.run(history, session, self.entry.action) as stream:
             self.task_id = stream.task_id
-            if self.task_id:
-                await update_record(self.r, self.sid, **{keys.RECORD_AGENT_TASK: self.task_id})
             async for event in stream.events():
                 if not self._produced.is_set():
                     FIRST_OUTPUT.observe(time.monotonic() - started)

@@ -16,4 +16,7 @@ def run() -> None:
     topology.configure(settings.PARTITIONS)
     uvicorn.run(create_app(settings), host=settings.GATEWAY_HOST, port=settings.GATEWAY_PORT,
                 ws_max_size=settings.MAX_FRAME_BYTES, log_config=None,
+                # Most of what crosses the socket is PCM, which deflate cannot shrink but
+                # would cost the gateway CPU on every frame, both ways.
+                ws_per_message_deflate=False,
                 timeout_graceful_shutdown=10)

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared import keys
 
@@ -35,14 +36,17 @@ async def append_history(r: Redis, sid: str, kind: HistoryKind, turn: int,
     return bool(done)
 
 
-async def recent_history(r: Redis, sid: str, limit: int) -> list[dict[str, Any]]:
-    raw = await r.lrange(keys.history(sid), -limit, -1)
-    return [json.loads(m) for m in raw]
+def queue_context(p: Pipeline, sid: str, limit: int) -> None:
+    """Queue the reads of what an agent call is sent: the recent history and the agent's
+    session (read back with :func:`agent_context`)."""
+    p.lrange(keys.history(sid), -limit, -1)
+    p.get(keys.agent_session(sid))
 
 
-async def load_agent_session(r: Redis, sid: str) -> dict[str, Any]:
-    raw = await r.get(keys.agent_session(sid))
-    return json.loads(raw) if raw else {"guid": sid}
+def agent_context(sid: str, raw_history: list[bytes], raw_session: bytes | None
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    session = json.loads(raw_session) if raw_session else {"guid": sid}
+    return [json.loads(m) for m in raw_history], session
 
 
 async def store_agent_session(r: Redis, sid: str, session: dict[str, Any]) -> None:

@@ -24,7 +24,6 @@ class Stage(StrEnum):
 RECORD_STATUS = "status"
 RECORD_GATEWAY = "gateway"
 RECORD_OPENED_AT = "opened_at"
-RECORD_AGENT_TASK = "agent_task"
 # Turn numbers of work in progress, read by barge-in to know whether there is anything to stop.
 RECORD_AGENT_BUSY = "agent_busy"
 RECORD_TTS_BUSY = "tts_busy"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -27,11 +27,13 @@ return 1
 """
 
 
-async def update_record(r: Redis, sid: str, **fields: str | int) -> bool:
+def update_record(w: Redis | Pipeline, sid: str, **fields: str | int) -> Any:
+    """Set fields of the record if the session is still open (awaitable on a client, queued
+    on a pipeline)."""
     args: list[str | int] = []
     for name, value in fields.items():
         args += [name, value]
-    return bool(await r.eval(_HSET_IF_OPEN, 1, keys.session_record(sid), *args))
+    return w.eval(_HSET_IF_OPEN, 1, keys.session_record(sid), *args)
 
 
 async def clear_record(r: Redis, sid: str, *names: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 import structlog
+import uvloop
 from redis.asyncio import Redis
 
 from shared import topology
@@ -37,7 +38,9 @@ def run_stage_worker(stage: Stage, process: str, setup: Setup) -> None:
     settings = load_settings()
     configure_logging(settings, process)
     topology.configure(settings.PARTITIONS)
-    asyncio.run(_serve(stage, settings, setup))
+    # uvloop (shipped with uvicorn[standard]): every worker spends much of its time in socket
+    # writes and wake-ups, which uvloop does in C.
+    uvloop.run(_serve(stage, settings, setup))
 
 
 async def _serve(stage: Stage, settings: Settings, setup: Setup) -> None:

@@ -40,8 +40,11 @@ class WsPool:
         if wait > 0:
             raise ServiceUnavailable(f"{self.url} is down; next attempt in {wait:.1f}s")
         try:
-            ws = await asyncio.wait_for(websockets.connect(self.url, max_size=None),
-                                        self.connect_timeout)
+            # No per-message deflate: the payload is PCM, which does not compress, and
+            # compressing it was half of a bridge's CPU.
+            ws = await asyncio.wait_for(
+                websockets.connect(self.url, max_size=None, compression=None),
+                self.connect_timeout)
         except (OSError, TimeoutError, websockets.InvalidHandshake) as err:
             self._backoff = min(self._backoff_cap, max(self._backoff_base, self._backoff * 2))
             self._retry_at = time.monotonic() + self._backoff

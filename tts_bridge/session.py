@@ -26,7 +26,7 @@ from shared.ownership import Acker
 from shared.redis_io import Fields
 from shared.serial import SerialRunner
 from shared.session_record import clear_record, update_record
-from shared.turns import fence_of, is_fenced
+from shared.turns import is_fenced
 from shared.ws_pool import ServiceUnavailable
 from tts_bridge.tts_client import TtsClient
 
@@ -46,6 +46,7 @@ class TtsSession:
         self.sample_rate = sample_rate
         self._playback_until_ms = 0.0
         self._handing_over = False
+        self._busy = False  # RECORD_TTS_BUSY set by this session
         self._replies: SerialRunner[Item] = SerialRunner(self._speak_item, self._finished)
 
     async def handle(self, entry_id: bytes, fields: Fields) -> bool:
@@ -69,7 +70,9 @@ class TtsSession:
         await self._replies.stop()
 
     async def _finished(self, item: Item, cancelled: bool) -> None:
-        await clear_record(self.r, self.sid, keys.RECORD_TTS_BUSY)
+        if self._busy:
+            self._busy = False
+            await clear_record(self.r, self.sid, keys.RECORD_TTS_BUSY)
         if cancelled:
             SPOKEN.labels("cancelled").inc()
             if self._handing_over:
@@ -80,51 +83,63 @@ class TtsSession:
         with structlog.contextvars.bound_contextvars(session_id=self.sid):
             await self._speak(item[1])
 
-    async def _extend_playback(self, nbytes: int) -> None:
+    def _played(self, nbytes: int) -> None:
         """Track when the client will have played what it was sent (TTS runs faster than
         real time), so barge-in knows the agent is still audibly speaking."""
         now_ms = time.time() * 1000
         self._playback_until_ms = max(self._playback_until_ms, now_ms) + (
             nbytes / 2 / self.sample_rate * 1000)
-        await update_record(self.r, self.sid,
-                            **{keys.RECORD_PLAYBACK_UNTIL: int(self._playback_until_ms)})
 
-    async def _fenced(self, turn: int) -> bool:
-        return is_fenced(turn, await fence_of(self.r, self.sid))
+    async def _publish(self, reply: Reply, turn: int) -> bool:
+        """Publish ``reply`` and read the fence in the same round trip; False when the turn
+        is fenced (the reply then never reaches the client: the gateway drops it too)."""
+        async with self.r.pipeline(transaction=False) as p:
+            p.get(keys.fence(self.sid))
+            topology.reply(p, reply)
+            raw, _ = await p.execute()
+        if is_fenced(turn, int(raw) if raw else 0):
+            SPOKEN.labels("fenced").inc()
+            return False
+        return True
 
     async def _speak(self, entry: SpeakIn) -> None:
-        if await self._fenced(entry.turn):
-            SPOKEN.labels("fenced").inc()
-            return
         # The message is shown as its speech starts; later ones wait behind it.
-        await topology.reply(self.r, Reply(session_id=self.sid, turn=entry.turn, user=entry.user,
-                                           type=entry.type, content=entry.content,
-                                           seq=entry.seq))
+        if not await self._publish(Reply(session_id=self.sid, turn=entry.turn, user=entry.user,
+                                         type=entry.type, content=entry.content,
+                                         seq=entry.seq), entry.turn):
+            return
         if not entry.text.strip():
             SPOKEN.labels("not_spoken").inc()
             return
+        # While synthesising, the record says so (barge-in reads it); once done, until when
+        # the client is still playing what it was sent.
+        self._busy = True
         await update_record(self.r, self.sid, **{keys.RECORD_TTS_BUSY: entry.turn})
         loop = asyncio.get_running_loop()
         started, first = loop.time(), True
         try:
             async with aclosing(self.tts.synthesize(entry.text)) as chunks:
                 async for chunk in chunks:
-                    # Fence before every chunk: a barge-in handled by another replica must
-                    # silence this one within a chunk.
-                    if await self._fenced(entry.turn):
-                        SPOKEN.labels("fenced").inc()
-                        return
                     if first:
                         FIRST_AUDIO.observe(loop.time() - started)
                         first = False
-                    await topology.reply(self.r, Reply(session_id=self.sid, turn=entry.turn,
-                                                       pcm=chunk))
-                    await self._extend_playback(len(chunk))
+                    self._played(len(chunk))
+                    # Fenced is checked with every chunk: a barge-in handled by another
+                    # replica silences this one within a chunk.
+                    if not await self._publish(Reply(session_id=self.sid, turn=entry.turn,
+                                                     pcm=chunk), entry.turn):
+                        return
         except ServiceUnavailable as err:
             SPOKEN.labels("tts_down").inc()
             log.warning("speech synthesis unavailable", error=str(err))
             await topology.reply(self.r, error_reply(self.sid, TTS_DOWN_REPLY))
             return
         SPOKEN.labels("spoken").inc()
-        await topology.reply(self.r, signal(self.sid, entry.turn, Signal.AUDIO_GENERATION_DONE,
-                                            User.SYSTEM))
+        self._busy = False
+        async with self.r.pipeline(transaction=False) as p:
+            topology.reply(p, signal(self.sid, entry.turn, Signal.AUDIO_GENERATION_DONE,
+                                     User.SYSTEM))
+            update_record(p, self.sid,
+                          **{keys.RECORD_PLAYBACK_UNTIL: int(self._playback_until_ms)})
+            p.hdel(keys.session_record(self.sid), keys.RECORD_TTS_BUSY)
+            await p.execute()
