@@ -278,6 +278,22 @@ async def test_health_endpoints(text_system: TextSystem) -> None:
         assert "xrx_gateway_connections" in metrics
 
 
+async def test_worker_health_server_binds_the_configured_host(
+        text_system: TextSystem) -> None:
+    port = free_port()
+    text_system.start("bridge-local", "agent-bridge", port, HEALTH_HOST="127.0.0.1",
+                      HEALTH_PORT=str(port))
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz")
+        async with httpx.AsyncClient() as http:
+            assert "xrx_" in (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            # Another loopback address reaches a 0.0.0.0 bind, not a 127.0.0.1 one.
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"http://127.0.0.2:{port}/healthz")
+    finally:
+        text_system.procs.pop("bridge-local").terminate()
+
+
 # --- the agent going away ---------------------------------------------------------------
 
 
