@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ from shared.messages import (
     Signal,
     User,
     signal,
+    widget_content,
 )
 from shared.protocols import REPLY_NODES, AgentField, AgentNode
 from shared.session_record import update_record
@@ -117,8 +117,9 @@ class Turn:
                     await self.out.say(str(output))
                     spoken.append(str(output))
                 elif node == AgentNode.WIDGET and output:
-                    await self.out.widget(output if isinstance(output, str)
-                                          else json.dumps(output))
+                    # Forwarded as the agent sent it (the original does): xRx apps read
+                    # content.type and JSON.parse(content.details).
+                    await self.out.widget(widget_content(output))
         if not new_messages and spoken:
             new_messages = [{"role": "assistant", "content": " ".join(spoken)}]
         await append_history(self.r, self.sid, HistoryKind.REPLY, self.entry.turn, *new_messages)

@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     # --- process -----------------------------------------------------------------------
     LOG_FORMAT: Literal["auto", "json", "console"] = "auto"
     LOG_LEVEL: str = "INFO"
+    # Workers' /healthz, /readyz, /metrics server; like GATEWAY_HOST, 127.0.0.1 keeps it local.
+    HEALTH_HOST: str = "0.0.0.0"
     HEALTH_PORT: int = Field(-1, ge=-1, le=65535)
     WORKER_ID: str = ""
     LEASE_MS: int = Field(3000, ge=500)

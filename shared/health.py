@@ -40,8 +40,8 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class HealthServer:
-    def __init__(self, port: int, ready: ReadyCheck) -> None:
-        config = uvicorn.Config(Starlette(routes=health_routes(ready)), host="0.0.0.0",
+    def __init__(self, host: str, port: int, ready: ReadyCheck) -> None:
+        config = uvicorn.Config(Starlette(routes=health_routes(ready)), host=host,
                                 port=port, log_config=None, lifespan="off")
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve())
@@ -51,6 +51,6 @@ class HealthServer:
         await self._task
 
 
-def serve_health(port: int, ready: ReadyCheck) -> HealthServer | None:
+def serve_health(host: str, port: int, ready: ReadyCheck) -> HealthServer | None:
     """Serve a worker's health endpoints in the background; ``port`` -1 disables them."""
-    return HealthServer(port, ready) if port >= 0 else None
+    return HealthServer(host, port, ready) if port >= 0 else None

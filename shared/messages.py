@@ -56,9 +56,17 @@ STT_DOWN_REPLY = "Sorry, I can't hear you right now: speech recognition is unava
 TTS_DOWN_REPLY = "Sorry, I can't speak right now: speech synthesis is unavailable."
 
 
-def client_message(user: str, content: str, type_: str) -> str:
-    """One xRx JSON text frame: ``{"user","content","type"}``."""
+def client_message(user: str, content: Any, type_: str) -> str:
+    """One xRx JSON text frame: ``{"user","content","type"}``. ``content`` is a string, except
+    a widget's, which is whatever JSON value the agent sent (xRx apps read ``content.type``)."""
     return json.dumps({"user": user, "content": content, "type": type_})
+
+
+def widget_content(output: Any) -> str:
+    """The ``content`` of a widget stream entry: the agent's Widget ``output`` as JSON text.
+    Stream fields are strings; carrying the JSON lets ``Reply.to_client`` hand the client the
+    value exactly as the agent sent it (an object stays an object, a string a string)."""
+    return json.dumps(output, separators=(",", ":"))
 
 
 # --- the xRx wire: client -> server --------------------------------------------------------
@@ -84,12 +92,24 @@ class ClientInput:
     modality: Modality = Modality.TEXT
 
 
+# Deeper JSON is never a legitimate xRx frame; the cap keeps hostile nesting from reaching
+# the recursive encoders downstream (stream entries, the agent's request body).
+MAX_JSON_DEPTH = 32
+
+
 def parse_client_frame(raw: str) -> ClientInput:
-    """Validate one client text frame; raise FrameError saying what was wrong."""
-    try:
-        msg = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise FrameError(f"invalid JSON: {err.msg} at position {err.pos}") from None
+    """Validate one client text frame; raise FrameError saying what was wrong.
+
+    A frame that does not start with ``{`` or ``[`` (after whitespace) is not JSON at all: it is
+    taken as typed text, since the xRx React client's ``sendMessage(text)`` sends its argument
+    unchanged (an extension; the original threw on it).
+    """
+    if not raw.lstrip().startswith(("{", "[")):
+        if not raw.strip():
+            raise FrameError("empty message: send text or a JSON object with a 'type' field")
+        _check_strings(raw)
+        return ClientInput(InputKind.TEXT, content=raw)
+    msg = _loads(raw, "invalid JSON")
     if not isinstance(msg, dict):
         raise FrameError("a message must be a JSON object with a 'type' field")
     kind = msg.get("type")
@@ -135,13 +155,53 @@ def _parse_action(content: object) -> dict[str, Any]:
     params: object = content.get("parameters", {})
     if isinstance(params, str):
         # xRx clients send parameters JSON-encoded; the orchestrator parses them.
-        try:
-            params = json.loads(params) if params.strip() else {}
-        except json.JSONDecodeError as err:
-            raise FrameError(f"'content.parameters' is not valid JSON: {err.msg}") from None
+        params = (_loads(params, "'content.parameters' is not valid JSON") if params.strip()
+                  else {})
     if not isinstance(params, dict):
         raise FrameError("'content.parameters' must encode a JSON object")
     return tool_action(tool, params)
+
+
+def _loads(text: str, what: str) -> Any:
+    """``json.loads`` that fails only with FrameError: bad syntax, NaN/Infinity, integers past
+    Python's 4,300-digit limit (a ValueError), nesting past the C parser's recursion limit or
+    ``MAX_JSON_DEPTH``, lone UTF-16 surrogates (``"\\ud800"`` decodes to a string that cannot be
+    encoded to UTF-8 for Redis)."""
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as err:
+        raise FrameError(f"{what}: {err.msg} at position {err.pos}") from None
+    except RecursionError:
+        raise FrameError(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as err:  # the integer digit limit, NaN/Infinity
+        raise FrameError(f"{what}: {err}") from None
+    _check_value(value, what)
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_value(value: Any, what: str) -> None:
+    """Depth and surrogate check, iterative so it cannot itself run out of stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_strings(item)
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise FrameError(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+
+
+def _check_strings(text: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise FrameError("text contains a lone UTF-16 surrogate (not valid Unicode)") from None
 
 
 # --- stream entries ------------------------------------------------------------------------
@@ -312,7 +372,13 @@ class Reply(Entry):
         return bool(self.pcm)
 
     def to_client(self) -> str:
-        return client_message(self.user, self.content, self.type)
+        content: Any = self.content
+        if self.type == MsgType.WIDGET:
+            try:
+                content = json.loads(self.content)  # written by widget_content
+            except ValueError:
+                pass  # not JSON: forwarded as the string it is
+        return client_message(self.user, content, self.type)
 
 
 def signal(sid: str, turn: int, sig: Signal, user: User = User.AGENT) -> Reply:

@@ -58,7 +58,7 @@ async def _serve(stage: Stage, settings: Settings, setup: Setup) -> None:
             return worker.ready and await ping(r)
 
         port = settings.HEALTH_PORT if settings.HEALTH_PORT >= 0 else DEFAULT_HEALTH_PORTS[stage]
-        health = serve_health(port, ready)
+        health = serve_health(settings.HEALTH_HOST, port, ready)
         log.info("worker started", stage=stage.value, consumer=consumer)
         try:
             await worker.run(stop)

@@ -22,6 +22,14 @@ from tests.harness import Client, RedisServer, free_port, is_signal, summary, te
 ENDED = "agent_ended_thinking"
 
 
+# An xRx-convention widget (details a JSON string), and a plain string output.
+WIDGET_OUTPUTS: list[Any] = [
+    {"type": "order-summary", "details": json.dumps({"total": 12.5, "items": ["\u00e9t\u00e9"]}),
+     "available-tools": [{"tool": "confirm_order", "arguments": []}]},
+    "just a string",
+]
+
+
 @dataclass
 class ScriptedAgent:
     """Records every request and cancel; answers by the last user message."""
@@ -35,7 +43,10 @@ class ScriptedAgent:
         task_id = f"task-{len(self.requests)}"
         last = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"),
                     "")
-        stream = self._long(body) if "long" in last else self._split(body, last)
+        if "widgets" in last:
+            stream = self._widgets()
+        else:
+            stream = self._long(body) if "long" in last else self._split(body, last)
         return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={"X-Task-ID": task_id})
 
@@ -50,6 +61,10 @@ class ScriptedAgent:
                       event[cut:].encode() + b"\r", b"\n\r\n"):
             yield piece
             await asyncio.sleep(0.05)
+
+    async def _widgets(self) -> AsyncIterator[bytes]:
+        for output in WIDGET_OUTPUTS:
+            yield b"data: " + json.dumps({"node": "Widget", "output": output}).encode() + b"\n\n"
 
     async def _long(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         for i in range(100):
@@ -145,4 +160,17 @@ async def test_superseded_turn_is_cancelled_at_the_agent_by_its_task_id(
     after_cancel = got[[m.get("content") for m in got].index(ENDED) + 1:]
     assert not [t for t in texts(after_cancel) if t.startswith("Long part")], summary(got)
     assert "You said short" in texts(got)
+    await client.close()
+
+
+async def test_widget_outputs_reach_the_client_as_the_agent_sent_them(
+        scripted: tuple[ScriptedAgent, TextSystem]) -> None:
+    _, system = scripted
+    client = await Client.connect(system.gateway_port)
+    got = await turn(client, "show me widgets")
+    widgets = [m for m in got if isinstance(m, dict) and m.get("type") == "widget"]
+    # The original's shape: an object stays an object, a string stays a string.
+    assert widgets == [{"user": "agent", "type": "widget", "content": output}
+                       for output in WIDGET_OUTPUTS], summary(got)
+    assert json.loads(widgets[0]["content"]["details"])["total"] == 12.5
     await client.close()

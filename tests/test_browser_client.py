@@ -1,4 +1,5 @@
-"""The demo page in a real (headless) Chromium: typed and spoken turns, widget buttons.
+"""The demo page in a real (headless) Chromium: typed and spoken turns, widget buttons; and
+a client that behaves as an unchanged xRx app (tests/xrx_app/index.html).
 
 The microphone is Chromium's fake capture device playing a piper-made WAV, so the whole voice
 path runs from a browser's getUserMedia to its speakers.
@@ -31,6 +32,8 @@ from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 pytestmark = pytest.mark.voice
+
+XRX_APP = Path(__file__).parent / "xrx_app" / "index.html"
 
 
 def write_wav(path: Path, pcm: bytes) -> None:
@@ -124,4 +127,28 @@ def test_spoken_question_from_the_microphone(
     wait_for(browser, lambda d: any("Pepperoni" in t for t in messages(d, "agent", "audio")))
     wait_for(browser, lambda d: audio_bytes(d) > 0)
     errors = messages(browser, "system", "error")
+    assert not errors, errors
+
+
+def test_an_xrx_app_reads_widgets_and_sends_bare_strings(
+        voice_system: TextSystem, browser: WebDriver) -> None:
+    browser.get(f"{XRX_APP.as_uri()}?port={voice_system.gateway_port}&api_key=123456")
+    wait_for(browser, lambda d: d.find_element(By.ID, "status").text == "connected", 20)
+    box = browser.find_element(By.ID, "text")
+
+    def agent_lines(d: WebDriver) -> list[str]:
+        return [e.text for e in d.find_elements(By.CSS_SELECTOR, ".agent")]
+
+    box.send_keys("I'd like a large pepperoni\n")  # sent as the bare string
+    wait_for(browser, lambda d: any("pepperoni" in t.lower() for t in agent_lines(d)))
+    box.send_keys("what's my order\n")
+    # content.type and JSON.parse(content.details) worked: the widget is on the page.
+    wait_for(browser, lambda d: d.find_elements(
+        By.CSS_SELECTOR, '.widget[data-widget-type="order-summary"] .tool'))
+    widget = browser.find_element(By.CSS_SELECTOR, ".widget")
+    assert "pepperoni" in widget.text.lower()
+    before = len(agent_lines(browser))
+    widget.find_element(By.CSS_SELECTOR, '.tool[data-tool="confirm_order"]').click()
+    wait_for(browser, lambda d: any("placed" in t.lower() for t in agent_lines(d)[before:]))
+    errors = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".error")]
     assert not errors, errors

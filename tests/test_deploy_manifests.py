@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from shared.cli import COMMANDS
 from shared.config import Settings
@@ -430,3 +431,50 @@ def test_no_tabs_and_parses(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert "\t" not in text
     list(yaml.safe_load_all(text))
+
+
+# --- lock files (requirements/, `make lock`) ----------------------------------------------
+
+REQS = ROOT / "requirements"
+
+
+def locked(path: Path) -> dict[str, tuple[str, int]]:
+    """name -> (pinned version, number of hashes) of a `uv pip compile --generate-hashes` file."""
+    pins: dict[str, tuple[str, int]] = {}
+    name = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if match := re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line):
+            name = requirements_tool().name_of(match.group(1))
+            pins[name] = (match.group(2), 0)
+        elif "--hash=sha256:" in line:
+            version, hashes = pins[name]
+            pins[name] = (version, hashes + 1)
+    return pins
+
+
+def test_lock_files_satisfy_pyproject_and_leave_torch_to_the_cpu_pin() -> None:
+    tool = requirements_tool()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    runtime = [Requirement(r) for r in tool.dependencies(ROOT / "pyproject.toml")]
+    dev = [Requirement(r) for r in pyproject["project"]["optional-dependencies"]["dev"]]
+    light = {tool.name_of(r) for r in tool.select(tool.dependencies(ROOT / "pyproject.toml"),
+                                                   light=True)}
+    for lock, wanted in ((REQS / "full.txt", runtime), (REQS / "dev.txt", runtime + dev),
+                         (REQS / "light.txt", [r for r in runtime if r.name in light])):
+        pins = locked(lock)
+        for req in wanted:
+            name = tool.name_of(req.name)
+            if name == "torch":
+                assert name not in pins, f"{lock.name}: torch comes from torch-cpu.txt"
+                continue
+            assert name in pins, f"{lock.name} lacks {name}: run `make lock`"
+            assert req.specifier.contains(pins[name][0], prereleases=True), (
+                f"{lock.name}: {name}=={pins[name][0]} outside {req.specifier}: run `make lock`")
+        assert all(hashes for _, hashes in pins.values()), f"{lock.name}: missing hashes"
+        assert not [n for n in pins if n.startswith("nvidia-")], f"{lock.name}: CUDA packages"
+    assert not locked(REQS / "light.txt").keys() & tool.VOICE_STACK
+    # The CPU pin is the torch pyproject.toml asks for, as a `+cpu` build PyPI does not have.
+    (torch_req,) = [r for r in runtime if r.name == "torch"]
+    cpu = Requirement((REQS / "torch-cpu.txt").read_text(encoding="utf-8").strip())
+    (pin,) = cpu.specifier
+    assert pin.version.endswith("+cpu") and torch_req.specifier.contains(pin.version)

@@ -131,7 +131,14 @@ def spoken(events: list[Event]) -> list[str]:
 
 
 def widgets(events: list[Event]) -> list[dict[str, Any]]:
-    return [json.loads(e["output"]) for e in events if e.get("node") == "Widget"]
+    """Widgets read as an xRx app reads them: ``type``, and ``details`` a JSON string."""
+    out = []
+    for e in events:
+        if e.get("node") == "Widget":
+            widget = e["output"]
+            assert isinstance(widget, dict) and isinstance(widget["details"], str), widget
+            out.append({**widget, "details": json.loads(widget["details"])})
+    return out
 
 
 # --- fixtures --------------------------------------------------------------------------
@@ -190,6 +197,8 @@ async def test_order_summary_widget_and_confirm_action(agent: Served,
     assert widget["details"]["status"] == "open"
     assert [a["tool"] for a in widget["details"]["actions"]] == [
         "confirm_order", "remove_item", "remove_item"]
+    assert widget["available-tools"] == [{"tool": "confirm_order", "arguments": []},
+                                         {"tool": "remove_item", "arguments": ["item"]}]
     assert events[-1]["messages"][0]["content"].startswith("Here is your order.")
 
     confirm = {"type": "tool", "details": {"tool": "confirm_order", "parameters": {}}}

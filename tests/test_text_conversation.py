@@ -93,8 +93,13 @@ async def test_conversation_state_survives_between_turns_and_widget_action_works
     got = await turn(client, "what's my order")
     widgets = [m for m in got if isinstance(m, dict) and m.get("type") == "widget"]
     assert widgets, summary(got)
-    widget = json.loads(widgets[0]["content"])
-    assert "pepperoni" in json.dumps(widget).lower()
+    # The original's shape: content is the agent's object, read as xRx apps read it.
+    widget = widgets[0]["content"]
+    assert isinstance(widget, dict), widgets[0]
+    assert widget["type"] == "order-summary"
+    details = json.loads(widget["details"])
+    assert "pepperoni" in json.dumps(details["items"]).lower()
+    assert {"tool": "confirm_order", "arguments": []} in widget["available-tools"]
     # The widget's button sends an action whose parameters are a JSON string.
     await client.send_json({"type": "action", "modality": "text",
                             "content": {"tool": "confirm_order", "parameters": "{}"}})
@@ -169,6 +174,18 @@ BAD_FRAMES = [
     ('{"type": "action", "content": "confirm"}', "must be an object"),
     ('{"type": "action", "content": {"parameters": "{}"}}', "content.tool"),
     ('{"type": "action", "content": {"tool": "x", "parameters": "{oops"}}', "not valid JSON"),
+    ("   ", "empty message"),
+    # Hostile JSON: every kind gets an error and the connection stays open.
+    ("[" * 30_000 + "]" * 30_000, "nested deeper"),  # past the parser's recursion limit
+    ('{"type": "text", "content": ' + "[" * 40 + "]" * 40 + "}", "nested deeper"),
+    ('{"type": "action", "content": {"tool": "x", "parameters": "'
+     + "[" * 50 + "]" * 50 + '"}}', "nested deeper"),
+    ('{"type": "text", "content": "hi", "n": ' + "9" * 5000 + "}", "digits"),
+    ('{"type": "text", "content": "\\ud800 lone surrogate"}', "surrogate"),
+    ('{"type": "text", "content": "hi", "k": {"\\udfff": 1}}', "surrogate"),
+    ('{"type": "text", "content": "hi", "x": NaN}', "NaN"),
+    ('{"type": "action", "content": {"tool": "x", "parameters": "{\\"a\\": Infinity}"}}',
+     "Infinity"),
 ]
 
 
@@ -185,6 +202,17 @@ async def test_bad_frames_get_an_error_and_the_session_keeps_working(
     assert isinstance(msg, dict) and msg["type"] == "error" and "odd length" in msg["content"]
     got = await turn(client, "hello")
     assert texts(got)
+    await client.close()
+
+
+async def test_plain_typed_text_is_a_user_message(text_system: TextSystem) -> None:
+    """The xRx React client's sendMessage(text) sends what the user typed, unchanged."""
+    client = await Client.connect(text_system.gateway_port)
+    await client.ws.send("  What is on the menu?")
+    got = await client.until(is_signal(ENDED))
+    assert signals(got) == [STARTED, ENDED], summary(got)
+    assert "pepperoni" in " ".join(texts(got)).lower()
+    assert not [m for m in got if isinstance(m, dict) and m.get("type") == "error"]
     await client.close()
 
 
@@ -248,6 +276,22 @@ async def test_health_endpoints(text_system: TextSystem) -> None:
         assert (await http.get(f"{base}/readyz")).json() == {"ready": True}
         metrics = (await http.get(f"{base}/metrics")).text
         assert "xrx_gateway_connections" in metrics
+
+
+async def test_worker_health_server_binds_the_configured_host(
+        text_system: TextSystem) -> None:
+    port = free_port()
+    text_system.start("bridge-local", "agent-bridge", port, HEALTH_HOST="127.0.0.1",
+                      HEALTH_PORT=str(port))
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz")
+        async with httpx.AsyncClient() as http:
+            assert "xrx_" in (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            # Another loopback address reaches a 0.0.0.0 bind, not a 127.0.0.1 one.
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"http://127.0.0.2:{port}/healthz")
+    finally:
+        text_system.procs.pop("bridge-local").terminate()
 
 
 # --- the agent going away ---------------------------------------------------------------

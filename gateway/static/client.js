@@ -22,8 +22,8 @@ function show(user, type, content) {
 }
 
 // Widget buttons send xRx actions, parameters JSON-encoded as the xRx React client does.
-function addButtons(div, widget) {
-  const actions = (widget && widget.details && widget.details.actions) || [];
+function addButtons(div, details) {
+  const actions = (details && details.actions) || [];
   for (const action of actions) {
     const button = document.createElement("button");
     button.className = "widget-action";
@@ -40,17 +40,23 @@ function addButtons(div, widget) {
   }
 }
 
+// The xRx widget convention: content is the agent's object {type, details: "<JSON string>",
+// "available-tools"}. Anything else (another agent's string, say) is shown as it came.
 function showWidget(div, content) {
-  let widget = null;
-  try { widget = JSON.parse(content); } catch { /* shown raw below */ }
-  const details = document.createElement("details");
+  let details = null;
+  const isWidget = content && typeof content === "object" && typeof content.type === "string";
+  if (isWidget) {
+    try { details = JSON.parse(content.details); } catch { /* shown raw below */ }
+  }
+  const box = document.createElement("details");
   const summary = document.createElement("summary");
-  summary.textContent = `${(widget && widget.type) || "widget"}`;
+  summary.textContent = isWidget ? content.type : "widget";
   const pre = document.createElement("pre");
-  pre.textContent = widget ? JSON.stringify(widget, null, 2) : content;
-  details.append(summary, pre);
-  div.appendChild(details);
-  addButtons(div, widget);
+  pre.textContent = details ? JSON.stringify(details, null, 2)
+    : (typeof content === "string" ? content : JSON.stringify(content, null, 2));
+  box.append(summary, pre);
+  div.appendChild(box);
+  addButtons(div, details);
 }
 
 function ensureAudio() {

@@ -230,5 +230,18 @@ def respond(text: str, session: Session) -> Reply:
     return Reply(["Sorry, I didn't catch that.", CAPABILITIES])
 
 
-def widget_text(widget: dict[str, Any]) -> str:
-    return json.dumps(widget, separators=(",", ":"))
+def xrx_widget(widget: dict[str, Any]) -> dict[str, Any]:
+    """A widget in the xRx convention, the Widget event's ``output``:
+    ``{"type": <name>, "details": "<JSON string>", "available-tools": [...]}``. xRx apps read
+    ``type`` and ``JSON.parse(details)``; ``available-tools`` names the tools the widget's
+    buttons call, with their argument names. ``details.actions`` (labelled buttons with their
+    parameters) is this demo's own addition inside ``details``."""
+    details = widget.get("details") or {}
+    tools: dict[str, list[str]] = {}
+    for action in details.get("actions", []):
+        tools.setdefault(action["tool"], sorted(action.get("parameters") or {}))
+    return {
+        "type": widget["type"],
+        "details": json.dumps(details, separators=(",", ":")),
+        "available-tools": [{"tool": t, "arguments": args} for t, args in tools.items()],
+    }

@@ -53,7 +53,7 @@ class Transcript:
             return []
         return [{"role": "assistant", "content": " ".join(self._spoken)}]
 
-    def _event(self, node: str, output: str) -> Event:
+    def _event(self, node: str, output: str | dict[str, Any]) -> Event:
         return {
             AgentField.NODE: node,
             AgentField.OUTPUT: output,
@@ -70,7 +70,7 @@ class Transcript:
         return self._event(AgentNode.CUSTOMER_RESPONSE, text)
 
     def widget(self, widget: dict[str, Any]) -> Event:
-        return self._event(AgentNode.WIDGET, script.widget_text(widget))
+        return self._event(AgentNode.WIDGET, script.xrx_widget(widget))
 
     def reply(self, reply: Reply) -> Iterator[Event]:
         for sentence in reply.sentences:
