@@ -33,6 +33,9 @@ class FakeProvider:
     completed: int = 0  # streams sent to the end
     aborted: int = 0  # streams the client walked away from mid-way
 
+    def app(self) -> Starlette:
+        raise NotImplementedError
+
     def refusal(self, presented: str | None) -> int | None:
         """The status this request is refused with, if any."""
         if presented != self.key:

@@ -9,7 +9,6 @@ audio, as two final pieces, the second one ``speech_final``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
