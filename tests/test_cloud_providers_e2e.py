@@ -6,7 +6,7 @@ reaches the user as a message, and the next turn works again."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -16,7 +16,7 @@ from tests.conftest import TextSystem, make_env
 from tests.fakes import API_KEY, serve
 from tests.fakes.deepgram import SECONDS_PER_UTTERANCE, WORDS, FakeDeepgram
 from tests.fakes.elevenlabs import FakeElevenLabs
-from tests.harness import Client, RedisServer, free_port, is_signal, summary, wait_ready
+from tests.harness import Client, Message, RedisServer, free_port, is_signal, summary, wait_ready
 from tests.speech_fixtures import silence
 from tests.test_voice_conversation import FRAME_30MS, stream, transcripts
 
@@ -65,7 +65,7 @@ def utterance() -> bytes:
     return silence(int(SECONDS_PER_UTTERANCE * 1000) + 300)
 
 
-def is_error(content: str) -> object:
+def is_error(content: str) -> Callable[[Message], bool]:
     return lambda m: isinstance(m, dict) and m.get("type") == "error" and m["content"] == content
 
 
