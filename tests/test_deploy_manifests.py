@@ -442,8 +442,9 @@ def test_cloud_provider_overlay_selects_known_providers_and_keys_come_from_a_sec
     data = {op["path"].removeprefix("/data/"): op["value"] for op in patches["xrx-config"]}
     assert set(data) <= SETTINGS, "the ConfigMap patch sets only real settings"
     assert not any(name.endswith("_API_KEY") for name in data), "keys never in the ConfigMap"
-    settings = Settings.model_validate({**data, **{
-        STT_PROVIDER_KEYS[data["STT_PROVIDER"]]: "k", TTS_PROVIDER_KEYS[data["TTS_PROVIDER"]]: "k"}})
+    keys = {STT_PROVIDER_KEYS[data["STT_PROVIDER"]]: "k",
+            TTS_PROVIDER_KEYS[data["TTS_PROVIDER"]]: "k"}
+    settings = Settings.model_validate({**data, **keys})
     assert settings.missing_provider_key("stt") is None
     for service in ("stt-service", "tts-service"):
         [op] = patches[service]

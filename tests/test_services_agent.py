@@ -25,10 +25,10 @@ from services.agent import create_app as create_agent_app
 from services.agent.llm import SentenceSplitter, ThinkFilter
 from services.agent.tasks import TaskRegistry
 from services.agent.turn import LLM_DOWN_NOTICE
-from tests.fakes import serve as serve_fake
 from services.guardrails import create_app as create_guardrails_app
 from services.guardrails.rules import DEFAULT_DENY, deny_list
 from shared.config import Settings
+from tests.fakes import serve as serve_fake
 
 AGENT_PATH = "/run-reasoning-agent"
 CANCEL_PATH = "/cancel-reasoning-agent"
