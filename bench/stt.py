@@ -17,6 +17,7 @@ UTTERANCES = (
 
 def run(quick: bool) -> BenchResult:
     from services.stt import providers
+    from services.stt.protocols import Transcriber
     from services.stt.providers import SttOptions, load_transcriber
     from shared.config import Settings
     from tests.speech_fixtures import synthesize_pcm16k
@@ -28,6 +29,7 @@ def run(quick: bool) -> BenchResult:
     providers._load.cache_clear()  # a real load, whatever ran before in this process
     with Stopwatch() as sw:
         transcriber = load_transcriber(settings)
+    assert isinstance(transcriber, Transcriber), "the benchmark decodes whole utterances"
     result.figure("load_s", "model load + warm-up", "s").samples.append(sw.seconds)
 
     transcripts: dict[str, str] = {}

@@ -18,6 +18,15 @@ DEFAULT_API_KEY = "123456"
 # Providers that take a continuous audio stream and return final transcripts themselves, so
 # the VAD forwards raw audio instead of segmenting it (the original's behaviour for deepgram).
 STREAMING_STT_PROVIDERS = frozenset({"deepgram"})
+# The API key each cloud provider needs, by its own environment name (services/*/providers.py
+# hold the adapters; a missing key stops the service that would use it at start-up).
+STT_PROVIDER_KEYS = {"faster_whisper": "", "deepgram": "DEEPGRAM_API_KEY",
+                     "groq": "GROQ_API_KEY", "openai": "OPENAI_API_KEY"}
+TTS_PROVIDER_KEYS = {"piper": "", "elevenlabs": "ELEVENLABS_API_KEY", "openai": "OPENAI_API_KEY",
+                     "deepgram": "DEEPGRAM_API_KEY", "cartesia": "CARTESIA_API_KEY"}
+# STT_MODEL when unset: each provider's own default model.
+DEFAULT_STT_MODELS = {"faster_whisper": "tiny.en", "deepgram": "nova-3",
+                      "groq": "whisper-large-v3-turbo", "openai": "whisper-1"}
 
 
 class Settings(BaseSettings):
@@ -59,7 +68,7 @@ class Settings(BaseSettings):
     STT_PORT: int = Field(8001, ge=1, le=65535)
     STT_PATH: str = "/api/v1/ws"
     STT_PROVIDER: str = "faster_whisper"
-    STT_MODEL: str = "tiny.en"
+    STT_MODEL: str = ""  # empty: the provider's default (DEFAULT_STT_MODELS)
     STT_TIMEOUT_S: float = Field(30.0, gt=0)
     STT_CPU_THREADS: int = Field(1, ge=1)
     STT_BEAM_SIZE: int = Field(5, ge=1)
@@ -80,6 +89,29 @@ class Settings(BaseSettings):
     TTS_THREADS: int = Field(1, ge=1)
     # Sampling noise off: the same text gives the same audio (test fixtures, caching).
     TTS_DETERMINISTIC: bool = False
+
+    # --- cloud providers: keys (from a Secret), base URLs (overridable: proxies, tests),
+    # voices and models, each under the provider's own name ----------------------------
+    PROVIDER_TIMEOUT_S: float = Field(10.0, gt=0)
+    DEEPGRAM_API_KEY: str = ""
+    DEEPGRAM_BASE_URL: str = "https://api.deepgram.com"
+    DEEPGRAM_ENDPOINTING: int = Field(300, ge=10)
+    DEEPGRAM_TTS_MODEL: str = "aura-2-thalia-en"
+    GROQ_API_KEY: str = ""
+    GROQ_BASE_URL: str = "https://api.groq.com/openai/v1"
+    OPENAI_API_KEY: str = ""
+    OPENAI_BASE_URL: str = "https://api.openai.com/v1"
+    OPENAI_TTS_MODEL: str = "gpt-4o-mini-tts"
+    OPENAI_TTS_VOICE: str = "alloy"
+    ELEVENLABS_API_KEY: str = ""
+    ELEVENLABS_BASE_URL: str = "https://api.elevenlabs.io"
+    ELEVENLABS_VOICE_ID: str = "21m00Tcm4TlvDq8ikWAM"
+    ELEVENLABS_MODEL_ID: str = "eleven_flash_v2_5"
+    CARTESIA_API_KEY: str = ""
+    CARTESIA_BASE_URL: str = "https://api.cartesia.ai"
+    CARTESIA_VERSION: str = "2025-04-16"
+    CARTESIA_MODEL_ID: str = "sonic-2"
+    CARTESIA_VOICE_ID: str = "a0e99841-438c-4a64-b679-ae501e7d6091"
 
     # --- process -----------------------------------------------------------------------
     LOG_FORMAT: Literal["auto", "json", "console"] = "auto"
@@ -130,6 +162,22 @@ class Settings(BaseSettings):
     @property
     def stt_streaming(self) -> bool:
         return self.STT_PROVIDER in STREAMING_STT_PROVIDERS
+
+    @property
+    def stt_model(self) -> str:
+        return self.STT_MODEL or DEFAULT_STT_MODELS.get(self.STT_PROVIDER, "")
+
+    def missing_provider_key(self, kind: Literal["stt", "tts"]) -> str | None:
+        """Why the selected STT or TTS provider cannot start for want of its key, or None.
+
+        Checked by the service that calls the provider only: the other processes read the
+        provider name too, but never hold its key.
+        """
+        provider = self.STT_PROVIDER if kind == "stt" else self.TTS_PROVIDER
+        key = (STT_PROVIDER_KEYS if kind == "stt" else TTS_PROVIDER_KEYS).get(provider)
+        if key and not getattr(self, key):
+            return f"{kind.upper()}_PROVIDER={provider} needs {key} (the provider's API key)"
+        return None
 
     @property
     def stt_url(self) -> str:

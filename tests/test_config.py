@@ -32,3 +32,19 @@ def test_unknown_stt_provider_is_refused_with_the_known_ones() -> None:
                           text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown STT_PROVIDER 'bogus'" in proc.stderr and "faster_whisper" in proc.stderr
+
+
+@pytest.mark.parametrize(("command", "env", "expected"), [
+    ("stt-service", {"STT_PROVIDER": "deepgram", "DEEPGRAM_API_KEY": ""}, "DEEPGRAM_API_KEY"),
+    ("stt-service", {"STT_PROVIDER": "groq", "GROQ_API_KEY": ""}, "GROQ_API_KEY"),
+    ("tts-service", {"TTS_PROVIDER": "elevenlabs", "ELEVENLABS_API_KEY": ""},
+     "ELEVENLABS_API_KEY"),
+    ("tts-service", {"TTS_PROVIDER": "cartesia", "CARTESIA_API_KEY": ""}, "CARTESIA_API_KEY"),
+])
+def test_cloud_provider_without_its_key_is_refused(command: str, env: dict[str, str],
+                                                   expected: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "shared.cli", command], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "invalid configuration" in proc.stderr and expected in proc.stderr
+    assert "Traceback" not in proc.stderr

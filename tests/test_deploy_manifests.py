@@ -478,3 +478,25 @@ def test_lock_files_satisfy_pyproject_and_leave_torch_to_the_cpu_pin() -> None:
     cpu = Requirement((REQS / "torch-cpu.txt").read_text(encoding="utf-8").strip())
     (pin,) = cpu.specifier
     assert pin.version.endswith("+cpu") and torch_req.specifier.contains(pin.version)
+
+
+def test_cloud_provider_overlay_selects_known_providers_and_keys_come_from_a_secret() -> None:
+    from shared.config import STT_PROVIDER_KEYS, TTS_PROVIDER_KEYS
+
+    path = K8S / "overlays" / "cloud-providers" / "kustomization.yaml"
+    overlay = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert overlay["resources"] == ["../.."]
+    patches = {p["target"]["name"]: yaml.safe_load(p["patch"]) for p in overlay["patches"]}
+    data = {op["path"].removeprefix("/data/"): op["value"] for op in patches["xrx-config"]}
+    assert set(data) <= SETTINGS, "the ConfigMap patch sets only real settings"
+    assert not any(name.endswith("_API_KEY") for name in data), "keys never in the ConfigMap"
+    keys = {STT_PROVIDER_KEYS[data["STT_PROVIDER"]]: "k",
+            TTS_PROVIDER_KEYS[data["TTS_PROVIDER"]]: "k"}
+    settings = Settings.model_validate({**data, **keys})
+    assert settings.missing_provider_key("stt") is None
+    for service in ("stt-service", "tts-service"):
+        [op] = patches[service]
+        assert op["value"] == {"secretRef": {"name": "xrx-provider-keys"}}
+    text = path.read_text(encoding="utf-8")
+    for key in (STT_PROVIDER_KEYS[data["STT_PROVIDER"]], TTS_PROVIDER_KEYS[data["TTS_PROVIDER"]]):
+        assert key in text, f"the overlay shows how to put {key} in the Secret"

@@ -24,9 +24,11 @@ from starlette.routing import Route
 from services.agent import create_app as create_agent_app
 from services.agent.llm import SentenceSplitter, ThinkFilter
 from services.agent.tasks import TaskRegistry
+from services.agent.turn import LLM_DOWN_NOTICE
 from services.guardrails import create_app as create_guardrails_app
 from services.guardrails.rules import DEFAULT_DENY, deny_list
 from shared.config import Settings
+from tests.fakes import serve as serve_fake
 
 AGENT_PATH = "/run-reasoning-agent"
 CANCEL_PATH = "/cancel-reasoning-agent"
@@ -492,7 +494,91 @@ async def test_llm_down_falls_back_to_script(client: httpx.AsyncClient) -> None:
     async with serve(create_agent_app(cfg)) as agent:
         resp, events = await turn(client, agent.url, body("hello"))
         assert resp.status_code == 200
-        assert spoken(events)[0] == "Hello! Welcome to Demo Pizza."
+        assert spoken(events)[:2] == [LLM_DOWN_NOTICE, "Hello! Welcome to Demo Pizza."]
+
+
+def sse_chunk(delta: dict[str, Any]) -> bytes:
+    chunk = {"id": "x", "object": "chat.completion.chunk",
+             "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+async def test_llm_tool_calls_become_widgets(client: httpx.AsyncClient) -> None:
+    requests: list[dict[str, Any]] = []
+
+    async def completions(request: Request) -> Response:
+        requests.append(await request.json())
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield sse_chunk({"role": "assistant", "content": "Here is our menu. "})
+            # Tool calls stream in fragments: the name first, the arguments in pieces.
+            yield sse_chunk({"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+                                             "function": {"name": "show_menu",
+                                                          "arguments": ""}}]})
+            yield sse_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]})
+            yield sse_chunk({"tool_calls": [{"index": 1, "id": "c2", "type": "function",
+                                             "function": {"name": "show_coupon",
+                                                          "arguments": "{\"code\":"}}]})
+            yield sse_chunk({"tool_calls": [{"index": 1, "function": {"arguments": "\"PIZZA\"}"}}]})
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+    async with serve(app) as llm, serve(create_agent_app(
+            settings(LLM_BASE_URL=llm.url + "/v1"))) as agent:
+        _, events = await turn(client, agent.url, body("what do you have, please?"))
+    assert spoken(events) == ["Here is our menu."]
+    menu, coupon = widgets(events)
+    assert menu["type"] == "menu" and menu["details"]["pizzas"]
+    # A tool the demo does not know is passed on in the xRx form: details as a JSON string.
+    assert coupon == {"type": "show_coupon", "details": "{\"code\":\"PIZZA\"}"}
+    assert {t["function"]["name"] for t in requests[0]["tools"]} == {"show_menu", "show_order"}
+
+
+@pytest.mark.parametrize("status", [401, 429])
+async def test_llm_bad_key_or_quota_is_said_then_the_script_answers(
+        client: httpx.AsyncClient, status: int) -> None:
+    async def completions(request: Request) -> Response:
+        return Response('{"error":{"message":"no"}}', status_code=status)
+
+    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+    async with serve(app) as llm, serve(create_agent_app(
+            settings(LLM_BASE_URL=llm.url + "/v1"))) as agent:
+        _, events = await turn(client, agent.url, body("hello"))
+    assert spoken(events)[:2] == [LLM_DOWN_NOTICE, "Hello! Welcome to Demo Pizza."]
+
+
+@pytest.mark.xfail(strict=True, reason="open defect: called directly or through TaskRegistry, "
+                   "a cancel closes the upstream stream; served by the agent app it keeps "
+                   "streaming (not yet diagnosed)")
+async def test_cancel_aborts_the_upstream_llm_request(client: httpx.AsyncClient) -> None:
+    upstream = {"sent": 0}
+
+    async def completions(request: Request) -> Response:
+        async def stream() -> AsyncIterator[bytes]:
+            for i in range(100):
+                upstream["sent"] += 1
+                yield sse_chunk({"content": f"Sentence {i}. "})
+                await asyncio.sleep(0.05)
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+    async with serve_fake(app) as llm_url, serve(create_agent_app(
+            settings(LLM_BASE_URL=llm_url + "/v1"))) as agent:
+        async with client.stream("POST", agent.url + AGENT_PATH,
+                                 json=body("tell me about yourself")) as r:
+            task_id = r.headers["x-task-id"]
+            first = await next_event(r.aiter_lines())
+            assert first is not None and first["output"] == "Sentence 0."
+            assert (await client.post(f"{agent.url}{CANCEL_PATH}/{task_id}")).status_code == 200
+        # The model's server saw the request go away: it stops producing at once.
+        await asyncio.sleep(0.3)
+        sent = upstream["sent"]
+        await asyncio.sleep(0.5)
+        assert upstream["sent"] == sent < 20
 
 
 def test_sentence_splitting() -> None:

@@ -75,6 +75,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def transcriber(settings: Settings) -> Transcriber:
     started = time.perf_counter()
     loaded = load_transcriber(settings)
+    assert isinstance(loaded, Transcriber)
     print(f"\nSTT load + warm-up: {time.perf_counter() - started:.2f} s")
     return loaded
 

@@ -1,7 +1,10 @@
-"""Streaming replies from an OpenAI-compatible ``/chat/completions`` endpoint (e.g. Ollama).
+"""Streaming replies from any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM,
+Ollama): server-sent ``data: {...choices[0].delta...}`` events up to ``data: [DONE]``.
 
 Sentences are yielded as soon as they are complete, so speech can start before the model
-has finished.
+has finished. The model may call the tools in :data:`TOOLS`; each call becomes a widget
+(xRx convention ``{"type": <widget>, "details": ...}``), yielded when the stream ends. A
+cancelled turn closes the response, which aborts the request upstream.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Any
 import httpx
 import structlog
 
-from services.agent import order
+from services.agent import order, script
 from services.agent.menu import MENU, money
+from services.cloud import describe_status
 from shared.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -27,8 +31,60 @@ _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _OPEN = "<think>"
 
 
+Widget = dict[str, Any]
+
+# What the model may show on the customer's screen; the agent fills in the contents.
+TOOLS: list[dict[str, Any]] = [
+    {"type": "function", "function": {
+        "name": "show_menu", "description": "Show the menu with prices on the customer's screen.",
+        "parameters": {"type": "object", "properties": {}}}},
+    {"type": "function", "function": {
+        "name": "show_order",
+        "description": "Show the customer's current order and total on their screen.",
+        "parameters": {"type": "object", "properties": {}}}},
+]
+
+
 class LLMError(Exception):
     """The model endpoint failed or answered something other than a chat stream."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def tool_widget(name: str, arguments: str, session: dict[str, Any]) -> Widget:
+    """The widget a tool call shows: the demo's own for its tools, otherwise the call itself
+    in the xRx form, its arguments as the JSON string ``details``."""
+    if name == "show_menu":
+        return script.menu_widget()
+    if name == "show_order":
+        return order.summary_widget(session)
+    return {"type": name, "details": arguments or "{}"}
+
+
+class ToolCalls:
+    """Tool calls assembled from their streamed fragments (name first, arguments in pieces)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def feed(self, deltas: object) -> None:
+        if not isinstance(deltas, list):
+            return
+        for d in deltas:
+            if not isinstance(d, dict):
+                continue
+            call = self._calls.setdefault(int(d.get("index", len(self._calls))),
+                                          {"name": "", "arguments": ""})
+            function = d.get("function") or {}
+            if isinstance(function, dict):
+                call["name"] += str(function.get("name") or "")
+                call["arguments"] += str(function.get("arguments") or "")
+
+    def widgets(self, session: dict[str, Any]) -> list[Widget]:
+        return [tool_widget(c["name"], c["arguments"], session)
+                for _, c in sorted(self._calls.items()) if c["name"]]
 
 
 class SentenceSplitter:
@@ -99,10 +155,10 @@ def system_prompt(session: dict[str, Any]) -> str:
     )
 
 
-def _delta(line: str) -> str | None:
-    """The text carried by one SSE line, or None at the end of the stream."""
+def _delta(line: str) -> dict[str, Any] | None:
+    """The ``delta`` carried by one SSE line (``{}`` for none), or None at the end."""
     if not line.startswith("data:"):
-        return ""
+        return {}
     data = line[5:].strip()
     if data == "[DONE]":
         return None
@@ -110,13 +166,12 @@ def _delta(line: str) -> str | None:
         chunk = json.loads(data)
     except ValueError:
         log.warning("llm_bad_chunk", chunk=data[:200])
-        return ""
+        return {}
     choices = chunk.get("choices") if isinstance(chunk, dict) else None
     if not choices or not isinstance(choices[0], dict):
-        return ""
+        return {}
     delta = choices[0].get("delta") or {}
-    content = delta.get("content") if isinstance(delta, dict) else None
-    return content if isinstance(content, str) else ""
+    return delta if isinstance(delta, dict) else {}
 
 
 async def stream_sentences(
@@ -124,7 +179,8 @@ async def stream_sentences(
     settings: Settings,
     history: list[dict[str, str]],
     session: dict[str, Any],
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | Widget]:
+    """Sentences (``str``) as they complete, then the widgets of the model's tool calls."""
     url = settings.LLM_BASE_URL.rstrip("/") + "/chat/completions"
     headers = {"Accept": "text/event-stream"}
     if settings.LLM_API_KEY:
@@ -133,21 +189,29 @@ async def stream_sentences(
         "model": settings.LLM_MODEL,
         "stream": True,
         "messages": [{"role": "system", "content": system_prompt(session)}, *history],
+        "tools": TOOLS,
     }
     splitter = SentenceSplitter()
     thoughts = ThinkFilter()
+    calls = ToolCalls()
     try:
         async with client.stream("POST", url, json=payload, headers=headers) as resp:
             if resp.status_code != 200:
                 body = (await resp.aread())[:300].decode(errors="replace")
-                raise LLMError(f"LLM answered {resp.status_code}: {body}")
+                raise LLMError(f"LLM: {describe_status(resp.status_code)}: {body}",
+                               resp.status_code)
             async for line in resp.aiter_lines():
-                text = _delta(line)
-                if text is None:
+                delta = _delta(line)
+                if delta is None:
                     break
-                for sentence in splitter.feed(thoughts.feed(text)):
+                calls.feed(delta.get("tool_calls"))
+                text = delta.get("content")
+                for sentence in splitter.feed(thoughts.feed(text if isinstance(text, str)
+                                                            else "")):
                     yield sentence
     except httpx.HTTPError as exc:
         raise LLMError(f"LLM request failed: {exc!r}") from exc
     for sentence in splitter.feed(thoughts.feed("", final=True)) + splitter.flush():
         yield sentence
+    for widget in calls.widgets(session):
+        yield widget

@@ -20,6 +20,8 @@ log = structlog.get_logger(__name__)
 
 Event = dict[str, Any]
 
+LLM_DOWN_NOTICE = "Sorry, my language model is unavailable right now, so I'll keep it simple."
+
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -124,20 +126,27 @@ async def run_turn(
 
     text = h.text or "hello"
     if settings.LLM_BASE_URL and script.classify(text) in script.CONVERSATIONAL:
+        shown = False
         try:
-            async for sentence in llm.stream_sentences(
+            async for item in llm.stream_sentences(
                 client, settings, _llm_history(req.messages, text), out.session
             ):
-                yield out.say(sentence)
-            if out.spoken:
+                if isinstance(item, str):
+                    yield out.say(item)
+                else:
+                    shown = True
+                    yield out.widget(item)
+            if out.spoken or shown:
                 return
         except llm.LLMError as exc:
             if out.spoken:
                 log.warning("llm_failed_midway", error=str(exc))
                 yield {"error": "language model failed"}
                 return
-            # Nothing said yet: the scripted answer is better than an apology.
-            log.warning("llm_unavailable_using_script", error=str(exc))
+            # Nothing said yet: say plainly that the model is unavailable (a rejected key or
+            # a quota needs someone to act), then answer from the script rather than not at all.
+            log.warning("llm_unavailable_using_script", error=str(exc), status=exc.status)
+            yield out.say(LLM_DOWN_NOTICE)
 
     for event in out.reply(script.respond(text, out.session)):
         yield event

@@ -22,9 +22,9 @@ class Transcriber(Protocol):
 class StreamingTranscriber(Protocol):
     """Recognises a continuous stream (the xRx ``deepgram`` flow, no VAD segmentation).
 
-    Not implemented by any provider yet: a cloud streaming engine would plug in here and the
-    server would then feed every binary frame into ``stream`` instead of treating each one as
-    an utterance, sending each yielded final transcript as a text frame.
+    The server feeds every binary frame of a connection into one ``stream`` instead of
+    treating each as an utterance, and sends each yielded final transcript as a text frame
+    (``services/stt/deepgram_provider.py``).
     """
 
     def stream(self, audio: AsyncIterable[bytes]) -> AsyncIterator[str]:

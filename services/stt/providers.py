@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from services.stt.protocols import Transcriber
-from shared.config import Settings
+from services.stt.protocols import StreamingTranscriber, Transcriber
+from shared.config import STT_PROVIDER_KEYS, Settings
 
 DEFAULT_CPU_THREADS = 1
 
@@ -20,11 +20,23 @@ class SttOptions:
     model: str
     cpu_threads: int = DEFAULT_CPU_THREADS
     beam_size: int | None = None  # None: the provider's own default
+    # Cloud providers only.
+    api_key: str = ""
+    base_url: str = ""
+    endpointing_ms: int = 300
+    timeout_s: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SttOptions:
-        return cls(provider=settings.STT_PROVIDER, model=settings.STT_MODEL,
-                   cpu_threads=settings.STT_CPU_THREADS, beam_size=settings.STT_BEAM_SIZE)
+        provider = settings.STT_PROVIDER
+        key_name = STT_PROVIDER_KEYS.get(provider, "")
+        base_url = {"deepgram": settings.DEEPGRAM_BASE_URL, "groq": settings.GROQ_BASE_URL,
+                    "openai": settings.OPENAI_BASE_URL}.get(provider, "")
+        return cls(provider=provider, model=settings.stt_model,
+                   cpu_threads=settings.STT_CPU_THREADS, beam_size=settings.STT_BEAM_SIZE,
+                   api_key=getattr(settings, key_name) if key_name else "",
+                   base_url=base_url, endpointing_ms=settings.DEEPGRAM_ENDPOINTING,
+                   timeout_s=settings.PROVIDER_TIMEOUT_S)
 
 
 def _faster_whisper(options: SttOptions) -> Transcriber:
@@ -40,9 +52,31 @@ def _faster_whisper(options: SttOptions) -> Transcriber:
                                          beam_size=options.beam_size or DEFAULT_BEAM_SIZE)
 
 
-TranscriberFactory = Callable[[SttOptions], Transcriber]
+def _deepgram(options: SttOptions) -> StreamingTranscriber:
+    from services.stt.deepgram_provider import DeepgramTranscriber
 
-PROVIDERS: dict[str, TranscriberFactory] = {"faster_whisper": _faster_whisper}
+    return DeepgramTranscriber(api_key=options.api_key, base_url=options.base_url,
+                               model=options.model, endpointing_ms=options.endpointing_ms,
+                               timeout_s=options.timeout_s)
+
+
+def _openai_compatible(options: SttOptions) -> Transcriber:
+    from services.stt.openai_provider import OpenAiTranscriber
+
+    return OpenAiTranscriber(provider=options.provider, base_url=options.base_url,
+                             api_key=options.api_key, model=options.model,
+                             timeout_s=options.timeout_s)
+
+
+AnyTranscriber = Transcriber | StreamingTranscriber
+TranscriberFactory = Callable[[SttOptions], AnyTranscriber]
+
+PROVIDERS: dict[str, TranscriberFactory] = {
+    "faster_whisper": _faster_whisper,
+    "deepgram": _deepgram,
+    "groq": _openai_compatible,
+    "openai": _openai_compatible,
+}
 
 
 def provider_factory(name: str) -> TranscriberFactory:
@@ -54,7 +88,7 @@ def provider_factory(name: str) -> TranscriberFactory:
         raise ValueError(f"unknown STT_PROVIDER {name!r}; known providers: {known}") from None
 
 
-def load_transcriber(settings: Settings) -> Transcriber:
+def load_transcriber(settings: Settings) -> AnyTranscriber:
     """Load and warm the configured transcriber, once per process for the same options.
 
     Blocking (about a second): call it at start-up or in a thread.
@@ -63,5 +97,5 @@ def load_transcriber(settings: Settings) -> Transcriber:
 
 
 @lru_cache(maxsize=4)
-def _load(options: SttOptions) -> Transcriber:
+def _load(options: SttOptions) -> AnyTranscriber:
     return provider_factory(options.provider)(options)

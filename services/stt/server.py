@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,9 +14,10 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from services.cloud import CLOSE_PROVIDER_FAILED, ProviderError
 from services.stt.audio import duration_s, utterance_problem
-from services.stt.protocols import Transcriber
-from services.stt.providers import load_transcriber, provider_factory
+from services.stt.protocols import StreamingTranscriber, Transcriber
+from services.stt.providers import AnyTranscriber, load_transcriber, provider_factory
 from shared.config import Settings, config_error, load_settings
 from shared.health import health_routes
 from shared.logs import configure_logging
@@ -28,7 +30,7 @@ CLOSE_TRY_AGAIN_LATER = 1013
 class SttState:
     """What the endpoints share: the transcriber, once the lifespan has loaded it."""
 
-    def __init__(self, transcriber: Transcriber | None) -> None:
+    def __init__(self, transcriber: AnyTranscriber | None) -> None:
         self.transcriber = transcriber
 
     async def ready(self) -> bool:
@@ -36,14 +38,18 @@ class SttState:
 
 
 def create_app(settings: Settings | None = None,
-               transcriber: Transcriber | None = None) -> Starlette:
+               transcriber: AnyTranscriber | None = None) -> Starlette:
     """The STT app. Without ``transcriber`` the configured provider loads during start-up.
 
-    Raises ValueError at once for an unknown ``STT_PROVIDER``, before anything is served.
+    Raises ValueError at once for an unknown ``STT_PROVIDER`` or a cloud provider without its
+    API key, before anything is served.
     """
     settings = settings or load_settings()
     if transcriber is None:
         provider_factory(settings.STT_PROVIDER)
+        missing = settings.missing_provider_key("stt")
+        if missing:
+            raise ValueError(missing)
     state = SttState(transcriber)
 
     @asynccontextmanager
@@ -72,22 +78,75 @@ async def serve_connection(ws: WebSocket, state: SttState) -> None:
     with structlog.contextvars.bound_contextvars(client=client):
         log.info("stt connection opened")
         try:
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                pcm = message.get("bytes")
-                if pcm is None:
-                    log.info("text frame ignored: the STT protocol only takes audio")
-                    continue
-                await ws.send_text(await _transcript(transcriber, pcm))
+            if isinstance(transcriber, StreamingTranscriber):
+                await _serve_stream(ws, transcriber)
+            else:
+                await _serve_utterances(ws, transcriber)
         except WebSocketDisconnect:
             pass
+        except ProviderError as err:
+            await _provider_failed(ws, err)
         log.info("stt connection closed")
 
 
+async def _provider_failed(ws: WebSocket, err: ProviderError) -> None:
+    """The protocol has no error frame: the client learns of a provider failure (bad key,
+    quota, outage) as a close with 1011 and the reason, and reconnects for its next try."""
+    log.warning("stt provider failed", error=str(err), status=err.status)
+    with contextlib.suppress(Exception):  # the client may be gone already
+        await ws.close(code=CLOSE_PROVIDER_FAILED, reason=err.close_reason())
+
+
+async def _serve_utterances(ws: WebSocket, transcriber: Transcriber) -> None:
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        pcm = message.get("bytes")
+        if pcm is None:
+            log.info("text frame ignored: the STT protocol only takes audio")
+            continue
+        await ws.send_text(await _transcript(transcriber, pcm))
+
+
+async def _serve_stream(ws: WebSocket, transcriber: StreamingTranscriber) -> None:
+    """Every binary frame feeds one continuous stream; each final transcript goes back as a
+    text frame as soon as the provider returns it."""
+    frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def audio() -> AsyncIterator[bytes]:
+        while (frame := await frames.get()) is not None:
+            yield frame
+
+    async def transcripts() -> None:
+        try:
+            async for text in transcriber.stream(audio()):
+                log.info("streamed transcript", chars=len(text))
+                await ws.send_text(text)
+        except ProviderError as err:
+            await _provider_failed(ws, err)
+
+    sender = asyncio.create_task(transcripts())
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            pcm = message.get("bytes")
+            if pcm:
+                frames.put_nowait(pcm)
+    finally:
+        frames.put_nowait(None)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+
+
 async def _transcript(transcriber: Transcriber, pcm: bytes) -> str:
-    """The answer for one utterance; ``""`` for audio we refuse or fail on, never an error."""
+    """The answer for one utterance; ``""`` for audio we refuse or a local decoder fails on.
+
+    A cloud provider's failure raises :class:`ProviderError`: the user must hear about it.
+    """
     problem = utterance_problem(pcm)
     if problem is not None:
         log.warning("utterance rejected", reason=problem, bytes=len(pcm))
@@ -95,6 +154,8 @@ async def _transcript(transcriber: Transcriber, pcm: bytes) -> str:
     started = time.perf_counter()
     try:
         text = await transcriber.transcribe(pcm)
+    except ProviderError:
+        raise
     except Exception:
         log.exception("transcription failed", bytes=len(pcm))
         return ""

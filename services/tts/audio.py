@@ -30,3 +30,26 @@ def iter_chunks(pcm: bytes, size: int) -> Iterator[bytes]:
 
 def duration_s(n_bytes: int, sample_rate: int) -> float:
     return n_bytes / (sample_rate * BYTES_PER_SAMPLE)
+
+
+class PcmStream:
+    """s16le mono arriving in arbitrary pieces (a provider's network chunks, which may split a
+    sample) -> whole samples at ``out_rate``, resampled statefully so the joins are seamless."""
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self._carry = b""
+        self._resampler = (soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16",
+                                               quality="HQ")
+                           if in_rate != out_rate else None)
+
+    def feed(self, data: bytes, last: bool = False) -> bytes:
+        data = self._carry + data
+        whole = len(data) - len(data) % BYTES_PER_SAMPLE
+        self._carry = data[whole:]
+        if self._resampler is None:
+            return data[:whole]
+        samples = np.frombuffer(data[:whole], dtype="<i2")
+        return bytes(self._resampler.resample_chunk(samples, last=last).astype("<i2").tobytes())
+
+    def flush(self) -> bytes:
+        return self.feed(b"", last=True)

@@ -44,12 +44,15 @@ def create_app(settings: Settings | None = None,
                synthesizer: Synthesizer | None = None) -> Starlette:
     """The TTS app. Without ``synthesizer`` the configured provider loads during start-up.
 
-    Raises ValueError at once for an unknown ``TTS_PROVIDER`` or a synthesizer whose rate is
-    not ``TTS_SAMPLE_RATE``, before anything is served.
+    Raises ValueError at once for an unknown ``TTS_PROVIDER``, a cloud provider without its
+    API key or a synthesizer whose rate is not ``TTS_SAMPLE_RATE``, before anything is served.
     """
     settings = settings or load_settings()
     if synthesizer is None:
         provider_factory(settings.TTS_PROVIDER)
+        missing = settings.missing_provider_key("tts")
+        if missing:
+            raise ValueError(missing)
     elif synthesizer.sample_rate != settings.TTS_SAMPLE_RATE:
         raise ValueError(f"synthesizer produces {synthesizer.sample_rate} Hz but "
                          f"TTS_SAMPLE_RATE is {settings.TTS_SAMPLE_RATE}")

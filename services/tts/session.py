@@ -9,6 +9,7 @@ import time
 import structlog
 from starlette.websockets import WebSocket
 
+from services.cloud import CLOSE_PROVIDER_FAILED, ProviderError
 from services.tts.audio import duration_s, iter_chunks
 from services.tts.cache import AudioCache, CacheKey
 from services.tts.messages import DONE, Synthesize, parse_command
@@ -73,6 +74,14 @@ class TtsSession:
                     await self._cache.put(key, pcm)
         except ClientGone:
             log.info("tts client gone mid-synthesis")
+            return
+        except ProviderError as err:
+            # A cloud provider refused (key, quota) or failed: the protocol has no error frame,
+            # so the client learns it from a close with the reason, tells the user, and
+            # connects afresh for the next reply.
+            log.warning("tts provider failed", error=str(err), status=err.status)
+            with contextlib.suppress(Exception):
+                await self._ws.close(code=CLOSE_PROVIDER_FAILED, reason=err.close_reason())
             return
         except Exception:
             # No error frame exists; "done" still goes out so the orchestrator stops waiting.
