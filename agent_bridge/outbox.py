@@ -7,7 +7,7 @@ from redis.asyncio import Redis
 from shared import keys, topology
 from shared.keys import Stage
 from shared.messages import Modality, MsgType, Reply, SpeakIn, SpeakKind, User
-from shared.turns import fence_of, is_fenced
+from shared.turns import is_fenced
 
 
 class TurnFenced(Exception):
@@ -24,10 +24,6 @@ class Outbox:
     def __init__(self, r: Redis, sid: str, turn: int, modality: Modality) -> None:
         self.r, self.sid, self.turn, self.modality = r, sid, turn, modality
         self._outputs = 0
-
-    async def check(self) -> None:
-        if is_fenced(self.turn, await fence_of(self.r, self.sid)):
-            raise TurnFenced()
 
     async def direct(self, reply: Reply) -> None:
         """Control signals: never held behind speech."""

@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     HEALTH_HOST: str = "0.0.0.0"
     HEALTH_PORT: int = Field(-1, ge=-1, le=65535)
     WORKER_ID: str = ""
-    LEASE_MS: int = Field(3000, ge=500)
+    LEASE_MS: int = Field(2000, ge=500)
     # Partition streams per stage; every process of a deployment must use the same number,
     # and it bounds how many replicas of one stage can share the work.
     PARTITIONS: int = Field(32, ge=1, le=1024)

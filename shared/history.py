@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import keys
+from shared.leases import check_lease
 
 # Appends once per (kind, turn): a turn handled again after a failover appends nothing new.
 _APPEND_ONCE = """
@@ -29,6 +30,7 @@ class HistoryKind(StrEnum):
 async def append_history(r: Redis, sid: str, kind: HistoryKind, turn: int,
                          *messages: dict[str, Any]) -> bool:
     """Append ``messages`` unless this turn already appended its ``kind``."""
+    check_lease()
     if not messages:
         return False
     done = await r.eval(_APPEND_ONCE, 2, keys.history(sid), keys.history_marks(sid), kind,

@@ -3,6 +3,9 @@
 Every replica heartbeats into the stage's member set. From the live members each replica
 computes its fair share of the partitions (:func:`share`); a replica above its share releases
 partitions (after handing their sessions over cleanly), a replica below it takes free ones.
+Heartbeats and renewals run in a thread of their own (:class:`LeaseKeeper`); the holder trusts
+a lease locally for less than its TTL, and checks it before every write that others could see
+(:func:`check_lease`), so a replica woken from a pause longer than its lease writes nothing.
 A lease is a key with a TTL holding ``<replica> <epoch>``; the epoch grows with every grant,
 so whatever a former holder does after losing a lease can be told apart. A dead replica's
 leases and heartbeat run out after ``LEASE_MS``, and the survivors' shares grow to cover its
@@ -11,13 +14,20 @@ partitions: failover takes at most LEASE_MS plus one heartbeat period.
 
 from __future__ import annotations
 
+import contextvars
+import threading
 import time
+from collections.abc import Callable
 from typing import cast
 
+import structlog
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from shared import keys
 from shared.keys import Stage
+
+log = structlog.get_logger(__name__)
 
 # Grant a free lease: the epoch counter grows, the holder is named with its epoch.
 _ACQUIRE = """
@@ -59,6 +69,101 @@ def plan(owned: set[int], free: set[int], target: int) -> tuple[list[int], list[
     return [], sorted(free - owned)[: target - len(owned)]
 
 
+class LeaseLost(Exception):
+    """This replica no longer holds the partition of the session it is working for: whatever
+    it was about to write is stale (another replica has the session now)."""
+
+
+# The replica's lease on the partition the running code works for: set by the stage worker
+# around everything it does for a partition's sessions, inherited by the tasks they start.
+CURRENT_LEASE: contextvars.ContextVar[Lease | None] = contextvars.ContextVar(
+    "current_lease", default=None)
+
+# A lease is trusted locally for this share of its TTL after the renewal that extended it was
+# sent: the holder stops writing before Redis lets the lease go, whatever the clocks' drift.
+LOCAL_TRUST = 0.8
+
+
+class Lease:
+    """One held partition lease, renewed by the :class:`LeaseKeeper` thread."""
+
+    def __init__(self, n: int, epoch: int, lease_ms: int, granted_at: float) -> None:
+        self.n, self.epoch, self.lease_ms = n, epoch, lease_ms
+        self.valid_until = granted_at + lease_ms / 1000 * LOCAL_TRUST
+        self.lost = False
+
+    def valid(self) -> bool:
+        return not self.lost and time.monotonic() < self.valid_until
+
+
+def check_lease() -> None:
+    """Raise :class:`LeaseLost` if the code running now works for a partition this replica
+    no longer holds: called before every write with effects other replicas could see
+    (a stale holder woken from a pause must not write over the new holder's work)."""
+    lease = CURRENT_LEASE.get()
+    if lease is not None and not lease.valid():
+        raise LeaseLost(f"partition {lease.n} (epoch {lease.epoch}) is no longer held")
+
+
+class LeaseKeeper(threading.Thread):
+    """Heartbeats and renews this replica's leases from a thread of its own, with its own
+    connection: a busy event loop (a long batch, a burst of entries) never delays a renewal
+    into a false takeover. A lease it cannot renew is marked lost and reported to the loop."""
+
+    def __init__(self, client: SyncRedis, stage: Stage, replica: str, lease_ms: int,
+                 on_lost: Callable[[int], None]) -> None:
+        super().__init__(name=f"lease-keeper-{stage.value}", daemon=True)
+        self.r, self.stage, self.replica, self.lease_ms = client, stage, replica, lease_ms
+        self.members_key = keys.stage_members(stage)
+        self.on_lost = on_lost
+        self.held: dict[int, Lease] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.alive = False  # the last round reached Redis
+
+    def hold(self, lease: Lease) -> None:
+        with self._lock:
+            self.held[lease.n] = lease
+
+    def forget(self, n: int) -> None:
+        with self._lock:
+            self.held.pop(n, None)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        period = self.lease_ms / 4000
+        while not self._stop.is_set():
+            try:
+                self.renew_once()
+                self.alive = True
+            except Exception as err:  # Redis away: leases run out locally too
+                self.alive = False
+                log.warning("lease renewal failed", stage=self.stage.value, error=str(err))
+            self._stop.wait(period)
+
+    def renew_once(self) -> None:
+        with self._lock:
+            held = list(self.held.values())
+        sent = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        p = self.r.pipeline(transaction=False)
+        p.zadd(self.members_key, {self.replica: now_ms})
+        # Names of replicas long gone (each restart may bring a new one) are forgotten.
+        p.zremrangebyscore(self.members_key, 0, now_ms - 10 * self.lease_ms)
+        for lease in held:
+            p.eval(_RENEW, 1, keys.partition_lease(self.stage, lease.n),
+                   f"{self.replica} {lease.epoch}", self.lease_ms)
+        results = p.execute()[2:]
+        for lease, ok in zip(held, results, strict=True):
+            if ok:
+                lease.valid_until = sent + self.lease_ms / 1000 * LOCAL_TRUST
+            elif not lease.lost:
+                lease.lost = True
+                self.on_lost(lease.n)
+
+
 class Leases:
     """One replica's view of its stage's membership and partition leases."""
 
@@ -71,15 +176,12 @@ class Leases:
     def _token(self, epoch: int) -> str:
         return f"{self.replica} {epoch}"
 
-    async def heartbeat(self) -> list[str]:
-        """Record that this replica is alive; return the live members (this one included)."""
+    async def members(self) -> list[str]:
+        """The live members (heartbeat within a lease), this replica included."""
         now = int(time.time() * 1000)
-        async with self.r.pipeline(transaction=False) as p:
-            p.zadd(self.members_key, {self.replica: now})
-            p.zremrangebyscore(self.members_key, 0, now - self.lease_ms)
-            p.zrange(self.members_key, 0, -1)
-            *_, members = await p.execute()
-        return [m.decode() for m in members]
+        raw = cast(list[bytes], await self.r.zrangebyscore(self.members_key,
+                                                            now - self.lease_ms, "+inf"))
+        return [m.decode() for m in raw]
 
     async def leave(self) -> None:
         await self.r.zrem(self.members_key, self.replica)
@@ -96,18 +198,6 @@ class Leases:
         return int(await self.r.eval(_ACQUIRE, 2, keys.partition_lease(self.stage, n),
                                      keys.partition_epoch(self.stage, n), self.replica,
                                      self.lease_ms))
-
-    async def renew(self, held: dict[int, int]) -> list[int]:
-        """Extend the leases in ``held`` (partition -> epoch); return the ones lost."""
-        if not held:
-            return []
-        order = list(held)
-        async with self.r.pipeline(transaction=False) as p:
-            for n in order:
-                p.eval(_RENEW, 1, keys.partition_lease(self.stage, n), self._token(held[n]),
-                       self.lease_ms)
-            kept = await p.execute()
-        return [n for n, ok in zip(order, kept, strict=True) if not ok]
 
     async def release(self, n: int, epoch: int) -> None:
         await self.r.eval(_RELEASE, 1, keys.partition_lease(self.stage, n), self._token(epoch))

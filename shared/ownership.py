@@ -22,13 +22,14 @@ from typing import Protocol
 
 import structlog
 from prometheus_client import Counter, Gauge
+from redis import Redis as SyncRedis
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import keys, topology
 from shared.keys import Stage
-from shared.leases import Leases, plan, share
+from shared.leases import CURRENT_LEASE, Lease, LeaseKeeper, Leases, plan, share
 from shared.messages import session_of
 from shared.redis_io import TRANSIENT, Backoff, Fields, ensure_group
 from shared.session_record import expire_session
@@ -65,14 +66,18 @@ class Acker:
     def ack(self, *entry_ids: bytes) -> None:
         self._partition.to_ack.extend(entry_ids)
 
+    @property
+    def lease(self) -> Lease:
+        return self._partition.lease
+
 
 HandlerFactory = Callable[[str, Acker], Awaitable[SessionHandler]]
 
 
 class Partition:
-    def __init__(self, stage: Stage, n: int, epoch: int) -> None:
-        self.n, self.epoch = n, epoch
-        self.stream = keys.stage_partition(stage, n)
+    def __init__(self, stage: Stage, lease: Lease) -> None:
+        self.n, self.epoch, self.lease = lease.n, lease.epoch, lease
+        self.stream = keys.stage_partition(stage, lease.n)
         self.sessions: dict[str, SessionHandler] = {}
         self.to_ack: list[bytes] = []
         self.closed: dict[str, None] = {}  # insertion-ordered set
@@ -85,13 +90,20 @@ class Partition:
 
 
 class StageWorker:
-    def __init__(self, r: Redis, stage: Stage, consumer: str, factory: HandlerFactory,
-                 *, lease_ms: int = 3000, block_ms: int = 250, reap_every_s: float = 5.0,
-                 graceful: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, r: Redis, keeper_client: SyncRedis, stage: Stage, consumer: str,
+                 factory: HandlerFactory, *, lease_ms: int = 2000, block_ms: int = 250,
+                 reap_every_s: float = 5.0) -> None:
         self.r, self.stage, self.consumer, self.factory = r, stage, consumer, factory
         self.lease_ms, self.block_ms, self.reap_every_s = lease_ms, block_ms, reap_every_s
         self.group = stage.value
         self.leases = Leases(r, stage, consumer, topology.partitions(), lease_ms)
+        self._balance_now = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def lost(_n: int) -> None:  # runs in the keeper's thread
+            loop.call_soon_threadsafe(self._balance_now.set)
+
+        self.keeper = LeaseKeeper(keeper_client, stage, consumer, lease_ms, lost)
         self.held: dict[int, Partition] = {}
         self._by_stream: dict[bytes, Partition] = {}
         self._moving = asyncio.Lock()
@@ -105,6 +117,7 @@ class StageWorker:
     # --- main loop -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.keeper.start()
         balancer = asyncio.create_task(self._balance_forever(stop))
         backoff = Backoff()
         try:
@@ -129,6 +142,7 @@ class StageWorker:
             except asyncio.CancelledError:
                 pass
             await self.shutdown()
+            self.keeper.stop()
 
     async def _read_once(self) -> None:
         parts = list(self.held.values())
@@ -174,6 +188,16 @@ class StageWorker:
                 await p.execute()
 
     async def _dispatch(self, part: Partition, entries: list[tuple[bytes, Fields | None]]) -> None:
+        # Everything done for these sessions, and every task it starts, works under the
+        # partition's lease: a write after the lease is lost raises LeaseLost.
+        token = CURRENT_LEASE.set(part.lease)
+        try:
+            await self._dispatch_entries(part, entries)
+        finally:
+            CURRENT_LEASE.reset(token)
+
+    async def _dispatch_entries(self, part: Partition,
+                                entries: list[tuple[bytes, Fields | None]]) -> None:
         for entry_id, fields in entries:
             if not fields:  # trimmed away while pending
                 part.to_ack.append(entry_id)
@@ -216,8 +240,12 @@ class StageWorker:
             part.forget(sid)
         self._count()
         if handler is not None:
-            with structlog.contextvars.bound_contextvars(session_id=sid):
-                await handler.close(handing_over=handing_over)
+            token = CURRENT_LEASE.set(part.lease)
+            try:
+                with structlog.contextvars.bound_contextvars(session_id=sid):
+                    await handler.close(handing_over=handing_over)
+            finally:
+                CURRENT_LEASE.reset(token)
 
     def _count(self) -> None:
         OWNED_SESSIONS.labels(self.stage.value).set(self.session_count)
@@ -255,9 +283,13 @@ class StageWorker:
             try:
                 await self.balance()
                 await self._reap_if_due()
-                self.ready = True
+                self.ready = self.keeper.alive
                 backoff.reset()
-                await asyncio.sleep(period)
+                self._balance_now.clear()
+                try:
+                    await asyncio.wait_for(self._balance_now.wait(), timeout=period)
+                except TimeoutError:
+                    pass
             except TRANSIENT as err:
                 self.ready = False
                 log.warning("redis unavailable, leases not renewed", stage=self.stage.value,
@@ -266,10 +298,10 @@ class StageWorker:
 
     async def balance(self) -> None:
         async with self._moving:
-            members = await self.leases.heartbeat()
-            for n in await self.leases.renew({n: p.epoch for n, p in self.held.items()}):
+            for n in [n for n, p in self.held.items() if p.lease.lost]:
                 log.warning("partition lease lost", stage=self.stage.value, partition=n)
                 await self._drop(n, lost=True)
+            members = await self.leases.members()
             holders = await self.leases.holders()
             free = {n for n, holder in enumerate(holders) if holder is None}
             target = share(members, self.consumer, self.leases.partitions)
@@ -283,10 +315,12 @@ class StageWorker:
                     n: f"{self.consumer} {len(p.sessions)}" for n, p in self.held.items()})
 
     async def _take(self, n: int) -> None:
+        asked = time.monotonic()
         epoch = await self.leases.acquire(n)
         if not epoch:
             return  # another replica was quicker
-        part = Partition(self.stage, n, epoch)
+        part = Partition(self.stage, Lease(n, epoch, self.lease_ms, asked))
+        self.keeper.hold(part.lease)
         await ensure_group(self.r, part.stream, self.group)
         PARTITION_MOVES.labels(self.stage.value, "taken").inc()
         # What the former holder read but never acknowledged is handled again, in order,
@@ -316,6 +350,7 @@ class StageWorker:
         self._by_stream.pop(part.stream.encode(), None)
         for sid in list(part.sessions):
             await self._close(part, sid, handing_over=True)
+        self.keeper.forget(n)
         if not lost:
             await self._flush_acks(part)
             await self.leases.release(n, part.epoch)

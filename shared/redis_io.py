@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import cast
 
 import structlog
+from redis import Redis as SyncRedis
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
@@ -50,6 +51,12 @@ def connect(url: str, *, name: str = "xrx") -> Redis:
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[rexc.ConnectionError, rexc.TimeoutError],
     )
+
+
+def connect_sync(url: str, *, name: str = "xrx") -> SyncRedis:
+    """A blocking client, for the one thing done off the event loop (lease renewal)."""
+    return SyncRedis.from_url(url, client_name=name, socket_connect_timeout=3,
+                              socket_timeout=3)
 
 
 @asynccontextmanager

@@ -8,6 +8,8 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from shared.leases import LeaseLost
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -78,6 +80,8 @@ class SerialRunner(Generic[T]):
                 if self._loop.cancelling():
                     raise
                 cancelled = True
+            except LeaseLost as err:
+                log.info("session work stopped: partition moved", reason=str(err))
             except Exception:
                 # One failed item (Redis gone mid-turn, say) must not stop the session.
                 log.exception("session work failed")

@@ -25,6 +25,7 @@ from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.keys import Stage
+from shared.leases import check_lease
 from shared.messages import (
     AgentInput,
     AudioIn,
@@ -99,6 +100,7 @@ Writer = Redis | Pipeline
 def send(w: Writer, stage: Stage, entry: Entry) -> Any:
     """Append ``entry`` to its session's partition of ``stage``'s input (queued when ``w`` is
     a pipeline, awaitable otherwise)."""
+    check_lease()
     spec = SPECS[stage]
     if not isinstance(entry, spec.entry):
         raise TypeError(f"{stage.value} takes {spec.entry.__name__}, not {type(entry).__name__}")
@@ -111,6 +113,7 @@ def send(w: Writer, stage: Stage, entry: Entry) -> Any:
 
 def reply(w: Writer, entry: Reply) -> Any:
     """Append a reply for the client to its session's reply partition."""
+    check_lease()
     if not entry.session_id:
         raise ValueError("a reply must name its session")
     return w.xadd(keys.reply_partition(partition_of(entry.session_id)), entry.encode(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.leases import check_lease
 
 # A new input starts turn N and kills every earlier turn (fence = N).
 _BEGIN_TURN = """
@@ -29,12 +30,14 @@ STATE_TTL_S = 24 * 3600
 
 
 async def begin_turn(r: Redis, sid: str) -> int:
+    check_lease()
     n = await r.eval(_BEGIN_TURN, 2, keys.turn_counter(sid), keys.fence(sid), STATE_TTL_S)
     return int(n)
 
 
 async def kill_turns(r: Redis, sid: str) -> int:
     """Fence every turn started so far; return the last turn killed (0 when none)."""
+    check_lease()
     n = await r.eval(_KILL_TURNS, 2, keys.turn_counter(sid), keys.fence(sid), STATE_TTL_S)
     return int(n)
 

@@ -20,7 +20,7 @@ from shared.health import serve_health
 from shared.keys import Stage
 from shared.logs import configure_logging
 from shared.ownership import HandlerFactory, StageWorker
-from shared.redis_io import connect, ping
+from shared.redis_io import connect, connect_sync, ping
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +52,8 @@ async def _serve(stage: Stage, settings: Settings, setup: Setup) -> None:
     r = connect(settings.redis_url, name=process_name(stage))
     consumer = consumer_name(settings)
     async with setup(settings, r) as factory:
-        worker = StageWorker(r, stage, consumer, factory, lease_ms=settings.LEASE_MS)
+        keeper = connect_sync(settings.redis_url, name=f"{process_name(stage)}-lease")
+        worker = StageWorker(r, keeper, stage, consumer, factory, lease_ms=settings.LEASE_MS)
 
         async def ready() -> bool:
             return worker.ready and await ping(r)

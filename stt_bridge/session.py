@@ -12,8 +12,7 @@ from redis.asyncio import Redis
 from shared import topology
 from shared.messages import STT_DOWN_REPLY, SpeechKind, UtteranceIn, error_reply
 from shared.ownership import Acker
-from shared.redis_io import Fields
-from shared.serial import SerialRunner
+from shared.stage_session import QueuedSession
 from shared.ws_pool import ServiceUnavailable
 from stt_bridge.streaming import StreamingStt
 from stt_bridge.stt_client import SttClient
@@ -29,30 +28,26 @@ TRANSCRIPTS = Counter("xrx_stt_transcripts_total", "Utterances transcribed", ["o
 STT_SECONDS = Histogram("xrx_stt_seconds", "Time to transcribe one utterance")
 
 
-Item = tuple[bytes, UtteranceIn]
+class SttSession(QueuedSession[UtteranceIn]):
+    entry_type = UtteranceIn
 
-
-class SttSession:
     def __init__(self, r: Redis, stt: SttClient, sid: str, acker: Acker,
                  agent_wait_ms: int) -> None:
-        self.r, self.stt, self.sid, self.acker = r, stt, sid, acker
+        super().__init__(sid, acker)
+        self.r, self.stt = r, stt
         self.agent_wait_ms = agent_wait_ms
         self._held: list[str] = []  # transcripts waiting for the user to stop talking
         # What the VAD said last about the user's voice, in stream order.
         self._speaking = False
         self._voice_end_ms = 0
         self._voice_changed = asyncio.Event()
-        self._handing_over = False
         self._stream: StreamingStt | None = None
-        self._utterances: SerialRunner[Item] = SerialRunner(self._transcribe, self._finished)
 
-    async def handle(self, entry_id: bytes, fields: Fields) -> bool:
-        entry = UtteranceIn.decode(fields)
+    def is_close(self, entry: UtteranceIn) -> bool:
+        return entry.kind == SpeechKind.CLOSE
+
+    async def act_now(self, entry_id: bytes, entry: UtteranceIn) -> bool:
         match entry.kind:
-            case SpeechKind.CLOSE:
-                await self._stop()
-                self.acker.ack(entry_id, *(i for i, _ in self._utterances.take()))
-                return True
             case SpeechKind.STREAM:
                 await self._streaming().send(entry.pcm)
             case SpeechKind.SPEAKING | SpeechKind.QUIET:
@@ -62,18 +57,12 @@ class SttSession:
             case SpeechKind.UTTERANCE:
                 self._speaking = False
                 self._voice_end_ms = entry.voice_end_ms or self._voice_end_ms
-                self._utterances.put((entry_id, entry))
                 self._voice_changed.set()
-                return False
+                return False  # queued: transcribed in order
         self.acker.ack(entry_id)
-        return False
+        return True
 
-    async def close(self, *, handing_over: bool) -> None:
-        self._handing_over = handing_over
-        await self._stop()
-
-    async def _stop(self) -> None:
-        await self._utterances.stop()
+    async def stopped(self) -> None:
         if self._stream is not None:
             await self._stream.aclose()
 
@@ -91,15 +80,7 @@ class SttSession:
         log.warning("speech recognition unavailable", session_id=self.sid, error=error)
         await topology.reply(self.r, error_reply(self.sid, STT_DOWN_REPLY))
 
-    async def _finished(self, item: Item, cancelled: bool) -> None:
-        if not (cancelled and self._handing_over):
-            self.acker.ack(item[0])
-
-    async def _transcribe(self, item: Item) -> None:
-        with structlog.contextvars.bound_contextvars(session_id=self.sid):
-            await self._transcribe_one(item[1])
-
-    async def _transcribe_one(self, utt: UtteranceIn) -> None:
+    async def process(self, utt: UtteranceIn) -> None:
         try:
             with STT_SECONDS.time():
                 text = await self.stt.transcribe(utt.pcm)
@@ -122,7 +103,7 @@ class SttSession:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + HOLD_LIMIT_S
         while self._held and loop.time() < deadline:
-            if self._utterances.pending():
+            if self.queue.pending():
                 return  # the next utterance is on its way and takes these words along
             if self._speaking:
                 wait_s = deadline - loop.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import Iterator
 from typing import cast
@@ -11,8 +12,9 @@ from typing import cast
 import pytest
 import redis.asyncio as aioredis
 
-from shared import keys
+from shared import keys, topology
 from shared.keys import Stage
+from shared.messages import Reply, session_of
 from tests.conftest import TextSystem, make_env
 from tests.harness import Client, RedisServer, holder_of, is_signal, summary, texts
 
@@ -151,3 +153,40 @@ async def test_redis_restart_is_survived_with_a_clear_error_meanwhile(
             break
         assert time.monotonic() < deadline, summary(got)
     await client.close()
+
+
+async def test_a_replica_paused_past_its_lease_writes_nothing_when_it_wakes(
+        system: TextSystem) -> None:
+    """SIGSTOP for longer than the lease: another replica takes the session over and runs
+    the turn again; on SIGCONT the paused one finds its lease gone and writes nothing more
+    (checked in Redis itself, below the gateway's deduplication of numbered outputs)."""
+    r, client, sid, owner = await owned_session(system)
+    await client.say("count for me [stream=8]")
+    await client.until(lambda m: isinstance(m, dict) and "Part 2" in m.get("content", ""))
+    proc = system.procs[owner].proc
+    assert proc is not None
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(100):
+            if await holder_of(r, sid, Stage.AGENT_BRIDGE) not in (None, owner):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("nobody took the paused replica's session over")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    got = await client.until(lambda m: isinstance(m, dict) and "Part 8" in m.get("content", ""),
+                             timeout=30)
+    got += await client.until(is_signal(ENDED), timeout=15)
+    got += await client.drain(2.0)
+    parts = [t for t in texts(got) if t.startswith("Part ")]
+    assert parts == [f"Part {i} of 8." for i in range(3, 9)], summary(got)
+    written = [Reply.decode(f).content
+               for _, f in cast(list[tuple[bytes, dict[bytes, bytes]]],
+                                await r.xrange(keys.reply_partition(topology.partition_of(sid))))
+               if session_of(f) == sid]
+    for i in range(3, 9):
+        # Once by the replica that took over; the woken one was stopped by its lost lease.
+        assert written.count(f"Part {i} of 8.") == 1, written
+    await client.close()
+    await r.aclose()

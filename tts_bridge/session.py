@@ -23,9 +23,8 @@ from shared.messages import (
     signal,
 )
 from shared.ownership import Acker
-from shared.redis_io import Fields
-from shared.serial import SerialRunner
 from shared.session_record import clear_record, update_record
+from shared.stage_session import QueuedSession
 from shared.turns import is_fenced
 from shared.ws_pool import ServiceUnavailable
 from tts_bridge.tts_client import TtsClient
@@ -36,52 +35,39 @@ SPOKEN = Counter("xrx_tts_replies_total", "Replies handled by the TTS stage", ["
 FIRST_AUDIO = Histogram("xrx_tts_first_audio_seconds", "Speak request to first audio chunk")
 
 
-Item = tuple[bytes, SpeakIn]
+class TtsSession(QueuedSession[SpeakIn]):
+    entry_type = SpeakIn
 
-
-class TtsSession:
     def __init__(self, r: Redis, tts: TtsClient, sid: str, acker: Acker,
                  sample_rate: int) -> None:
-        self.r, self.tts, self.sid, self.acker = r, tts, sid, acker
+        super().__init__(sid, acker)
+        self.r, self.tts = r, tts
         self.sample_rate = sample_rate
         self._playback_until_ms = 0.0
-        self._handing_over = False
         self._busy = False  # RECORD_TTS_BUSY set by this session
-        self._replies: SerialRunner[Item] = SerialRunner(self._speak_item, self._finished)
 
-    async def handle(self, entry_id: bytes, fields: Fields) -> bool:
-        entry = SpeakIn.decode(fields)
-        if entry.kind == SpeakKind.CLOSE:
-            await self._replies.stop()
-            self.acker.ack(entry_id, *(i for i, _ in self._replies.take()))
-            return True
-        if entry.kind == SpeakKind.CANCEL:
-            # Drop what this cancel covers, queued or being spoken, without waiting.
-            covered = self._replies.take(lambda item: not entry.turn or item[1].turn <= entry.turn)
-            self._replies.cancel_current()
-            self._playback_until_ms = 0.0  # the client dropped what it had queued
-            self.acker.ack(entry_id, *(i for i, _ in covered))
+    def is_close(self, entry: SpeakIn) -> bool:
+        return entry.kind == SpeakKind.CLOSE
+
+    async def act_now(self, entry_id: bytes, entry: SpeakIn) -> bool:
+        if entry.kind != SpeakKind.CANCEL:
             return False
-        self._replies.put((entry_id, entry))
-        return False
+        # Drop what this cancel covers, queued or being spoken, without waiting.
+        covered = self.queue.take(lambda item: not entry.turn or item[1].turn <= entry.turn)
+        self.queue.cancel_current()
+        self._playback_until_ms = 0.0  # the client dropped what it had queued
+        self.acker.ack(entry_id, *(i for i, _ in covered))
+        return True
 
-    async def close(self, *, handing_over: bool) -> None:
-        self._handing_over = handing_over
-        await self._replies.stop()
-
-    async def _finished(self, item: Item, cancelled: bool) -> None:
+    async def after(self, entry: SpeakIn, cancelled: bool) -> None:
         if self._busy:
             self._busy = False
             await clear_record(self.r, self.sid, keys.RECORD_TTS_BUSY)
         if cancelled:
             SPOKEN.labels("cancelled").inc()
-            if self._handing_over:
-                return
-        self.acker.ack(item[0])
 
-    async def _speak_item(self, item: Item) -> None:
-        with structlog.contextvars.bound_contextvars(session_id=self.sid):
-            await self._speak(item[1])
+    async def process(self, entry: SpeakIn) -> None:
+        await self._speak(entry)
 
     def _played(self, nbytes: int) -> None:
         """Track when the client will have played what it was sent (TTS runs faster than

@@ -12,6 +12,7 @@ import structlog
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 
+from shared.leases import CURRENT_LEASE, LeaseLost
 from shared.redis_io import TRANSIENT
 from vad_worker.barge_in import barge_in
 from vad_worker.engine import VadEngine
@@ -107,7 +108,12 @@ class VadBatcher:
             for session, ids in acks:
                 session.acker.ack(*ids)
         for session in barge:
+            token = CURRENT_LEASE.set(session.acker.lease)
             try:
                 await barge_in(self.r, session.sid)
+            except LeaseLost:
+                pass
             except Exception:
                 log.exception("barge-in failed", session_id=session.sid)
+            finally:
+                CURRENT_LEASE.reset(token)

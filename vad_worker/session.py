@@ -156,8 +156,9 @@ class VadSession:
     def publish(self, p: Pipeline, events: list[VadEvent], processed_ids: list[bytes],
                 pcm: bytes) -> list[bytes]:
         """Queue on ``p`` what this batch found and, when due, a checkpoint; return the
-        entries to acknowledge once ``p`` has run."""
-        if self.closed:
+        entries to acknowledge once ``p`` has run. Nothing, once this replica's lease on the
+        session's partition has run out: another replica has the session now."""
+        if self.closed or not self.acker.lease.valid():
             return []
         if processed_ids:
             self._offset_id = processed_ids[-1]

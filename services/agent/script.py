@@ -237,11 +237,24 @@ def xrx_widget(widget: dict[str, Any]) -> dict[str, Any]:
     buttons call, with their argument names. ``details.actions`` (labelled buttons with their
     parameters) is this demo's own addition inside ``details``."""
     details = widget.get("details") or {}
+    if isinstance(details, str):  # already in the xRx form (a model's tool call arguments)
+        encoded = details
+        details = _json_object(details)
+    else:
+        encoded = json.dumps(details, separators=(",", ":"))
     tools: dict[str, list[str]] = {}
     for action in details.get("actions", []):
         tools.setdefault(action["tool"], sorted(action.get("parameters") or {}))
     return {
         "type": widget["type"],
-        "details": json.dumps(details, separators=(",", ":")),
+        "details": encoded,
         "available-tools": [{"tool": t, "arguments": args} for t, args in tools.items()],
     }
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
