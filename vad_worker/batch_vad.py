@@ -70,20 +70,25 @@ class BatchVad:
         """
         if not items:
             return []
-        n = len(items)
-        x = np.empty((n, CONTEXT_SAMPLES + WINDOW_SAMPLES), dtype=np.float32)
-        state = np.empty((2, n, 128), dtype=np.float32)
-        for i, (sess, window) in enumerate(items):
+        for _, window in items:
             if window.shape != (WINDOW_SAMPLES,):
                 raise ValueError(f"window must have {WINDOW_SAMPLES} samples, got {window.shape}")
-            x[i, :CONTEXT_SAMPLES] = sess.context
-            x[i, CONTEXT_SAMPLES:] = window
-            state[:, i, :] = sess.rnn_state[:, 0, :]
+        windows = np.stack([w for _, w in items]).astype(np.float32, copy=False)
+        return [float(p) for p in self.infer_batch([s for s, _ in items], windows)]
+
+    def infer_batch(self, states: list[SessionVadState], windows: np.ndarray) -> np.ndarray:
+        """:meth:`infer` for ``windows`` already stacked, shape ``[len(states), 512]``: the
+        form the engine uses. A session's new state and context are copied out (a view would
+        keep the whole batch's arrays alive as long as the session stays quiet)."""
+        n = len(states)
+        x = np.empty((n, CONTEXT_SAMPLES + WINDOW_SAMPLES), dtype=np.float32)
+        x[:, :CONTEXT_SAMPLES] = np.stack([s.context for s in states])
+        x[:, CONTEXT_SAMPLES:] = windows
+        state = np.concatenate([s.rnn_state for s in states], axis=1)
         with torch.inference_mode():
             out, new_state = self._net(torch.from_numpy(x), torch.from_numpy(state))
-        probs = out.numpy()[:, 0]
         new_np = new_state.numpy()
-        for i, (sess, _) in enumerate(items):
+        for i, sess in enumerate(states):
             sess.rnn_state = new_np[:, i : i + 1, :].copy()
             sess.context = x[i, -CONTEXT_SAMPLES:].copy()
-        return [float(p) for p in probs]
+        return out.numpy()[:, 0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vad_worker.batch_vad import BatchVad
 from vad_worker.events import VadEvent
-from vad_worker.rechunk import pcm_to_float, rechunk
+from vad_worker.rechunk import WINDOW_SAMPLES, pcm_to_float, rechunk
 from vad_worker.segmenter import Segmenter, VadParams
 from vad_worker.state import SessionVadState
 
@@ -46,10 +46,12 @@ class VadEngine:
         depth = max((len(w) for _, w in sessions), default=0)
         for i in range(depth):
             ready = [k for k, (_, w) in enumerate(sessions) if len(w) > i]
-            out = self.model.infer(
-                [(sessions[k][0], pcm_to_float(sessions[k][1][i])) for k in ready]
-            )
-            for k, p in zip(ready, out, strict=True):
+            # One conversion for the whole batch: per-window numpy calls cost as much as
+            # the model at a few hundred sessions.
+            windows = pcm_to_float(b"".join(sessions[k][1][i] for k in ready)).reshape(
+                len(ready), WINDOW_SAMPLES)
+            out = self.model.infer_batch([sessions[k][0] for k in ready], windows)
+            for k, p in zip(ready, out.tolist(), strict=True):
                 probs[k].append(p)
 
         events: list[VadEvent] = []
