@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -109,6 +109,10 @@ class StageWorker:
         self._moving = asyncio.Lock()
         self._next_reap = 0.0
         self.ready = False
+        # Done when the read in flight (if any) has returned.
+        self._reading: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reading.set_result(None)
+        self._sweeps: set[asyncio.Task[None]] = set()
 
     @property
     def session_count(self) -> int:
@@ -149,15 +153,19 @@ class StageWorker:
         if not parts:
             await asyncio.sleep(self.block_ms / 1000)
             return
-        async with self.r.pipeline(transaction=False) as p:
-            acked = self._queue_acks(p, parts)
-            p.xreadgroup(self.group, self.consumer, {part.stream: ">" for part in parts},
-                         count=READ_COUNT, block=self.block_ms)
-            try:
-                *_, batch = await p.execute()
-            except BaseException:
-                self._requeue_acks(acked)
-                raise
+        self._reading = asyncio.get_running_loop().create_future()
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                acked = self._queue_acks(p, parts)
+                p.xreadgroup(self.group, self.consumer, {part.stream: ">" for part in parts},
+                             count=READ_COUNT, block=self.block_ms)
+                try:
+                    *_, batch = await p.execute()
+                except BaseException:
+                    self._requeue_acks(acked)
+                    raise
+        finally:
+            self._reading.set_result(None)
         for stream, entries in batch or []:
             part = self._by_stream.get(stream)
             if part is not None:
@@ -338,8 +346,35 @@ class StageWorker:
         self.held[n] = part
         self._by_stream[part.stream.encode()] = part
         self._count()
+        sweep = asyncio.create_task(self._sweep_strays(part))
+        self._sweeps.add(sweep)
+        sweep.add_done_callback(self._sweeps.discard)
         log.info("partition taken", stage=self.stage.value, partition=n, epoch=epoch,
                  reclaimed=reclaimed)
+
+    async def _sweep_strays(self, part: Partition) -> None:
+        """A former holder that lost its lease without knowing yet (paused, cut off) may read
+        this partition a little longer, and what it is delivered would stay pending under its
+        name. Claimed back and handled here once it has surely stopped: its keeper notices
+        within a renewal period, its read returns within a block."""
+        for delay in (self.lease_ms / 1000, self.lease_ms / 500):
+            await asyncio.sleep(delay)
+            if self.held.get(part.n) is not part:
+                return
+            try:
+                pending = cast(list[dict[str, bytes]], await self.r.xpending_range(
+                    part.stream, self.group, "-", "+", READ_COUNT))
+                strays: list[bytes] = [p["message_id"] for p in pending
+                                       if p["consumer"].decode() != self.consumer]
+                if not strays:
+                    continue
+                claimed = cast(list[tuple[bytes, Fields | None]], await self.r.xclaim(
+                    part.stream, self.group, self.consumer, 0, strays))  # type: ignore[arg-type]
+            except TRANSIENT:
+                continue
+            log.warning("entries read by a former holder claimed back", stage=self.stage.value,
+                        partition=part.n, entries=len(claimed))
+            await self._dispatch(part, claimed)
 
     async def _drop(self, n: int, *, lost: bool = False) -> None:
         """Let go of a partition: its sessions are handed over (their unfinished work stays
@@ -352,6 +387,11 @@ class StageWorker:
             await self._close(part, sid, handing_over=True)
         self.keeper.forget(n)
         if not lost:
+            # A read already blocked in Redis may still include this partition: had the lease
+            # gone first, an entry arriving now would be delivered here after the next holder
+            # reclaimed what was pending, and stay stuck. What that read delivers for this
+            # partition is ignored here and reclaimed by the next holder.
+            await asyncio.shield(self._reading)
             await self._flush_acks(part)
             await self.leases.release(n, part.epoch)
         PARTITION_MOVES.labels(self.stage.value, "released").inc()
