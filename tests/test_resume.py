@@ -182,7 +182,7 @@ async def test_plain_client_dropping_ends_its_session_as_before(system: TextSyst
     # Nothing new for an xRx client: no session message, no ids.
     assert all(set(m) == {"user", "content", "type"} for m in got), summary(got)
     (record,) = set(await r.keys("xrx:{*}:session")) - known
-    sid = record.decode().split("{")[1].split("}")[0]
+    sid = cast(bytes, record).decode().split("{")[1].split("}")[0]
     drop(client)
     await wait_record_gone(r, sid)  # it cannot resume, so nothing is kept for it
     await r.aclose()
