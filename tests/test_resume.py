@@ -211,3 +211,43 @@ async def test_resume_needs_the_api_key(system: TextSystem) -> None:
             f"ws://127.0.0.1:{system.gateway_port}/api/v1/ws?session_id={sid}")
     assert err.value.response.status_code == 401
     await client.close()
+
+
+async def test_resume_elsewhere_closes_the_old_connection_and_sigterm_keeps_sessions(
+        system: TextSystem) -> None:
+    port = free_port()
+    other = system.start("gateway-d", "gateway", port, GATEWAY_PORT=str(port))
+    wait_ready(f"http://127.0.0.1:{port}/readyz")
+    r = aioredis.from_url(system.redis_url)
+
+    # Resumed on another gateway while the old connection still looks alive to its gateway:
+    # the old gateway notices when it refreshes (SESSION_TTL_S / 3) and closes it with 4001.
+    old = await connect(port, session_info="1")
+    sid = (await session_message(old))["session_id"]
+    await old.say("I'd like a large pepperoni")
+    got = await old.until(is_signal(ENDED))
+    new = await connect(system.gateway_port, session_id=sid, last_id=got[-1]["id"])
+    assert (await session_message(new))["resumed"] is True
+    with pytest.raises(ConnectionClosed) as closed:
+        await old.next(TTL_S)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+    await asyncio.sleep(0.5)
+    assert await r.exists(keys.session_record(sid))  # the old gateway left it alone
+    await new.say("what's my order")
+    got = await new.until(is_signal(ENDED))
+    assert "pepperoni" in json.dumps(got).lower(), summary(got)
+    await new.close()
+
+    # A rolling restart: the gateway closes its sockets (1012) and keeps their sessions.
+    client = await connect(port, session_info="1")
+    sid = (await session_message(client))["session_id"]
+    await client.say("hello")
+    got = await client.until(is_signal(ENDED))
+    other.terminate()
+    with pytest.raises(ConnectionClosed):
+        await client.next(5)
+    assert await r.exists(keys.session_record(sid))
+    again = await connect(system.gateway_port, session_id=sid, last_id=got[-1]["id"])
+    assert (await session_message(again))["resumed"] is True
+    await again.close()
+    await r.aclose()
