@@ -16,7 +16,7 @@ from starlette.routing import Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway import inbound, sessions
+from gateway import inbound, resume, sessions
 from gateway.audio_ingest import AudioIngest
 from gateway.auth import AuthResult, check_api_key
 from gateway.metrics import AUTH_FAILURES, BAD_FRAMES, CONNECTIONS, FRAMES_IN
@@ -28,6 +28,7 @@ from shared.health import health_routes
 from shared.messages import (
     FrameError,
     MsgType,
+    Reply,
     User,
     check_audio_frame,
     client_message,
@@ -39,7 +40,14 @@ log = structlog.get_logger(__name__)
 
 WS_PATH = "/api/v1/ws"
 STATIC_DIR = Path(__file__).parent / "static"
+CLOSE_NORMAL = 1000
+CLOSE_NO_STATUS = 1005
 CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
+# The session was resumed on another connection (a private-use code, 4000-4999).
+CLOSE_RESUMED_ELSEWHERE = 4001
+# How long a resume waits for the reply reader's first read positions (gateway start-up).
+RESUME_WAIT_S = 5.0
 UNAVAILABLE = "the service is temporarily unavailable; your message was not delivered, retry"
 AUDIO_UNAVAILABLE = "the service is temporarily unavailable; some of your audio was lost"
 AUDIO_FRAMES_IN = FRAMES_IN.labels("audio")
@@ -65,8 +73,13 @@ class Gateway:
         while True:
             await asyncio.sleep(self.settings.SESSION_TTL_S / 3)
             try:
-                lost = await sessions.refresh_sessions(self.r, list(self.reader.outlets),
-                                                       self.settings.SESSION_TTL_S)
+                lost, moved = await sessions.refresh_sessions(
+                    self.r, list(self.reader.outlets), self.settings.SESSION_TTL_S,
+                    self.gateway_id)
+                for sid in moved:
+                    # Resumed on another gateway while this connection looked alive.
+                    if (outlet := self.reader.outlets.get(sid)) is not None:
+                        await self._hand_off(outlet)
                 for sid in lost:
                     # Redis restarted without its data: register the live session again so
                     # the stages pick it up; the conversation history is gone with it.
@@ -86,52 +99,136 @@ class Gateway:
             log.info("connection refused", reason=reason, client=str(ws.client))
             await ws.send_denial_response(PlainTextResponse(reason, status_code=status))
             return
-        sid = await self.placement.new_session_id()
+        try:
+            req = resume.parse_request(dict(ws.query_params))
+        except resume.ResumeError as err:
+            await ws.send_denial_response(PlainTextResponse(str(err), status_code=400))
+            return
+        try:
+            sid, resumed = await self._open_or_resume(req)
+        except TRANSIENT as err:
+            log.error("cannot open session: redis unavailable", error=str(err))
+            await ws.send_denial_response(
+                PlainTextResponse("service temporarily unavailable", status_code=503))
+            return
         with structlog.contextvars.bound_contextvars(session_id=sid):
-            try:
-                await sessions.open_session(self.r, sid, self.gateway_id,
-                                            self.settings.SESSION_TTL_S)
-            except TRANSIENT as err:
-                log.error("cannot open session: redis unavailable", error=str(err))
-                await ws.send_denial_response(
-                    PlainTextResponse("service temporarily unavailable", status_code=503))
-                return
             await ws.accept()
             CONNECTIONS.inc()
-            log.info("session opened", client=str(ws.client))
-            outlet = Outlet(sid, ws)
+            log.info("session opened", client=str(ws.client), resumed=resumed)
+            outlet = Outlet(sid, ws, with_ids=req.session_info)
+            code: int | None = None
             try:
-                if self.settings.INITIAL_RESPONSE:
-                    await ws.send_text(client_message(User.AGENT, self.settings.INITIAL_RESPONSE,
-                                                      MsgType.TEXT))
-                self.reader.add(outlet)
-                await self._receive(ws, sid, outlet)
+                if resumed:
+                    await self._resume(outlet, req)
+                else:
+                    if req.session_info:
+                        await ws.send_text(self._session_message(sid, req, resumed=False))
+                    if self.settings.INITIAL_RESPONSE:
+                        await ws.send_text(client_message(
+                            User.AGENT, self.settings.INITIAL_RESPONSE, MsgType.TEXT))
+                    self.reader.add(outlet)
+                code = await self._receive(ws, sid, outlet)
+            except (*TRANSIENT, TimeoutError) as err:  # resuming: the client may try again
+                log.warning("redis unavailable while resuming", error=str(err))
+                code = CLOSE_TRY_AGAIN_LATER
+                await self._close(ws, CLOSE_TRY_AGAIN_LATER, UNAVAILABLE)
             finally:
                 CONNECTIONS.dec()
-                self.reader.remove(sid)
+                self.reader.remove(sid, outlet)
                 await outlet.close()
-                try:
-                    await sessions.close_session(self.r, sid)
-                except TRANSIENT as err:
-                    # Its record's TTL runs out and the workers reap it.
-                    log.warning("could not close session cleanly", error=str(err))
-                log.info("session closed")
+                await self._end(sid, outlet, keep=req.session_info and code is not None
+                                and code != CLOSE_NORMAL)
 
-    async def _receive(self, ws: WebSocket, sid: str, outlet: Outlet) -> None:
+    async def _open_or_resume(self, req: resume.ResumeRequest) -> tuple[str, bool]:
+        """The session of this connection: the one asked for if it still exists (taken
+        over), else a new one."""
+        ttl = self.settings.SESSION_TTL_S
+        if req.session_id and await resume.take_over(self.r, req.session_id,
+                                                      self.gateway_id, ttl):
+            return req.session_id, True
+        sid = await self.placement.new_session_id()
+        await sessions.open_session(self.r, sid, self.gateway_id, ttl)
+        return sid, False
+
+    async def _resume(self, outlet: Outlet, req: resume.ResumeRequest) -> None:
+        """Replay what the client missed after ``req.last_id``, then go on live."""
+        sid = outlet.sid
+        await asyncio.wait_for(self.reader.pinned.wait(), RESUME_WAIT_S)
+        fence, last_turn = await sessions.turn_state(self.r, sid)
+        outlet.start_resume(req.last_id, fence, last_turn)
+        replaced = self.reader.add(outlet)
+        if replaced is not None:  # the same session, still connected here
+            await self._hand_off(replaced)
+        entries, trimmed = await resume.missed(self.r, sid, req.last_id,
+                                               self.reader.position(sid))
+        await outlet.ws.send_text(self._session_message(sid, req, resumed=True,
+                                                        replayed=len(entries),
+                                                        trimmed=trimmed))
+        outlet.finish_resume([(i, Reply.decode(f)) for i, f in entries])
+        log.info("session resumed", replayed=len(entries), after=req.last_id.decode())
+
+    @staticmethod
+    def _session_message(sid: str, req: resume.ResumeRequest, *, resumed: bool,
+                         replayed: int = 0, trimmed: bool = False) -> str:
+        content: dict[str, object] = {"session_id": sid, "resumed": resumed}
+        if req.session_id and not resumed:
+            content["reason"] = "unknown or expired session: this is a new one"
+        if resumed:
+            content["replayed"] = replayed
+            if trimmed:
+                content["reason"] = "some replies after last_id were trimmed and are lost"
+        return client_message(User.SYSTEM, content, MsgType.SESSION)
+
+    async def _hand_off(self, outlet: Outlet) -> None:
+        """Drop a connection whose session was resumed on another connection."""
+        outlet.moved = True
+        self.reader.remove(outlet.sid, outlet)
+        await self._close(outlet.ws, CLOSE_RESUMED_ELSEWHERE, "session resumed elsewhere")
+
+    @staticmethod
+    async def _close(ws: WebSocket, code: int, reason: str) -> None:
+        try:
+            await ws.close(code=code, reason=reason)
+        except (RuntimeError, OSError):
+            pass  # already closed
+
+    async def _end(self, sid: str, outlet: Outlet, *, keep: bool) -> None:
+        """End the session, or keep it for a resume: a client that asked for session ids
+        and left without a normal close (1000) may come back within SESSION_TTL_S."""
+        try:
+            if outlet.moved or await sessions.held_elsewhere(self.r, sid, self.gateway_id):
+                log.info("connection closed, session resumed elsewhere")
+            elif keep:
+                await sessions.refresh_sessions(self.r, [sid], self.settings.SESSION_TTL_S,
+                                                self.gateway_id)
+                log.info("connection lost, session kept for a resume",
+                         window_s=self.settings.SESSION_TTL_S)
+            else:
+                await sessions.close_session(self.r, sid)
+                log.info("session closed")
+        except TRANSIENT as err:
+            # Its record's TTL runs out and the workers reap it.
+            log.warning("could not close session cleanly", error=str(err))
+
+    async def _receive(self, ws: WebSocket, sid: str, outlet: Outlet) -> int | None:
+        """Handle the client's frames until it leaves; return its close code (None: closed
+        by the gateway)."""
         limit = self.settings.MAX_FRAME_BYTES
         while True:
             try:
                 message = await ws.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                return  # gone, or closed by us (a client that stopped reading)
+            except WebSocketDisconnect as err:
+                return err.code
+            except RuntimeError:
+                return None  # closed by us (a client that stopped reading)
             if message["type"] == "websocket.disconnect":
-                return
+                return int(message.get("code", CLOSE_NO_STATUS))
             text, data = message.get("text"), message.get("bytes")
             size = len(text.encode()) if text is not None else len(data or b"")
             if size > limit:
                 BAD_FRAMES.labels("too_big").inc()
                 await ws.close(code=CLOSE_TOO_BIG, reason=f"frame over {limit} bytes")
-                return
+                return None
             try:
                 if text is not None:
                     msg = parse_client_frame(text)

@@ -8,7 +8,8 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketState
 
 from gateway.metrics import FENCED_DROPPED, REPLIES_OUT
-from shared.messages import Reply, Signal
+from gateway.resume import id_key
+from shared.messages import REPLY_ID, MsgType, Reply, Signal, User, client_message
 from shared.turns import is_fenced
 
 log = structlog.get_logger(__name__)
@@ -23,22 +24,62 @@ class Outlet:
 
     The reply reader pushes entries without waiting on the client; one sender task per
     connection writes them, so a slow client never holds up the others.
+
+    ``with_ids``: the client asked for reply ids (gateway/resume.py): every JSON reply gets an
+    ``id`` field and every binary audio frame is preceded by an ``audio_id`` message.
     """
 
-    def __init__(self, sid: str, ws: WebSocket) -> None:
+    def __init__(self, sid: str, ws: WebSocket, *, with_ids: bool = False) -> None:
         self.sid, self.ws = sid, ws
+        self.with_ids = with_ids
+        self.moved = False  # the session was resumed on another connection
         self.last_id = b"0-0"
         self.fence = 0
         self._thinking_turn: int | None = None
         self._last_seq: dict[int, int] = {}  # turn -> highest numbered output delivered
-        self._queue: asyncio.Queue[Reply | None] = asyncio.Queue()
+        # While resuming: live entries wait here until the missed ones are queued.
+        self._held: list[tuple[bytes, Reply]] | None = None
+        # Entries at or below this id were received by the client or replayed (resume only).
+        self._floor: tuple[int, int] | None = None
+        # Resume only: turns up to this one may have started before the client's last reply,
+        # so their end may be delivered without a start on this connection (see _admit).
+        self._resumed_upto = 0
+        self._ended: set[int] = set()
+        self._queue: asyncio.Queue[tuple[bytes, Reply] | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._send_loop())
         self._closer: asyncio.Task[None] | None = None
 
     def raise_fence(self, fence: int) -> None:
         self.fence = max(self.fence, fence)
 
+    def start_resume(self, last_id: bytes, fence: int, last_turn: int) -> None:
+        """Hold live entries until :meth:`finish_resume` has queued the missed ones.
+
+        Call before the outlet is registered with the reply reader: everything the reader
+        reads from then on is held, everything it had read before is replayed from Redis,
+        and ids at or below what was already queued are dropped, so the two meet without a
+        gap or a duplicate.
+        """
+        self._held = []
+        self._floor = id_key(last_id)
+        self.fence = max(self.fence, fence)
+        self._resumed_upto = last_turn
+
+    def finish_resume(self, missed: list[tuple[bytes, Reply]]) -> None:
+        held, self._held = self._held or [], None
+        for entry_id, reply in [*missed, *held]:
+            if reply.fence:
+                self.raise_fence(reply.fence)
+            self.push(entry_id, reply)
+
     def push(self, entry_id: bytes, reply: Reply) -> None:
+        if self._held is not None:
+            self._held.append((entry_id, reply))
+            return
+        if self._floor is not None:
+            if id_key(entry_id) <= self._floor:
+                return  # the client has it, or it was replayed
+            self._floor = None  # from here on the reader's ids are all new
         self.last_id = entry_id
         if self._queue.qsize() >= MAX_BACKLOG:
             if not self._task.done():
@@ -46,7 +87,7 @@ class Outlet:
                 self._task.cancel()
                 self._closer = asyncio.create_task(self._close_lagging())
             return
-        self._queue.put_nowait(reply)
+        self._queue.put_nowait((entry_id, reply))
 
     async def close(self) -> None:
         self._queue.put_nowait(None)
@@ -72,7 +113,13 @@ class Outlet:
         if reply.content == Signal.ENDED_THINKING:
             # Delivered even for a cancelled turn: the client saw it start, so it must end.
             if self._thinking_turn != reply.turn:
-                return False
+                # A resumed connection: the start went out before the client's last reply.
+                if reply.turn > self._resumed_upto or reply.turn in self._ended:
+                    return False
+                self._ended.add(reply.turn)
+                return True
+            if reply.turn <= self._resumed_upto:
+                self._ended.add(reply.turn)
             self._thinking_turn = None
             return True
         if is_fenced(reply.turn, self.fence):
@@ -87,7 +134,8 @@ class Outlet:
         return True
 
     async def _send_loop(self) -> None:
-        while (reply := await self._queue.get()) is not None:
+        while (item := await self._queue.get()) is not None:
+            entry_id, reply = item
             if not self._admit(reply):
                 FENCED_DROPPED.inc()
                 continue
@@ -95,7 +143,13 @@ class Outlet:
                 return
             try:
                 if reply.is_audio:
+                    if self.with_ids:
+                        # A binary frame cannot carry its id: it comes just before it.
+                        await self.ws.send_text(client_message(
+                            User.SYSTEM, "", MsgType.AUDIO_ID, **{REPLY_ID: entry_id.decode()}))
                     await self.ws.send_bytes(reply.pcm)
+                elif self.with_ids:
+                    await self.ws.send_text(reply.to_client(**{REPLY_ID: entry_id.decode()}))
                 else:
                     await self.ws.send_text(reply.to_client())
             except (RuntimeError, OSError) as err:

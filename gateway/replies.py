@@ -8,7 +8,7 @@ import structlog
 from redis.asyncio import Redis
 
 from gateway.outlet import Outlet
-from shared import topology
+from shared import keys, topology
 from shared.messages import Reply, session_of
 from shared.redis_io import TRANSIENT, Backoff, read_streams
 
@@ -30,12 +30,25 @@ class ReplyReader:
         self.outlets: dict[str, Outlet] = {}
         # "$" until the first read: replies written before this gateway started are not ours.
         self._last: dict[str, bytes] = dict.fromkeys(topology.reply_streams(), b"$")
+        # Set once the read positions are real ids: a resume replays up to them.
+        self.pinned = asyncio.Event()
 
-    def add(self, outlet: Outlet) -> None:
+    def add(self, outlet: Outlet) -> Outlet | None:
+        """Register ``outlet``; return the outlet it replaces (the same session resumed on a
+        new connection before the old one was noticed gone)."""
+        old = self.outlets.get(outlet.sid)
         self.outlets[outlet.sid] = outlet
+        return old if old is not outlet else None
 
-    def remove(self, sid: str) -> None:
-        self.outlets.pop(sid, None)
+    def remove(self, sid: str, outlet: Outlet | None = None) -> None:
+        """Unregister the session's outlet (only if it is ``outlet``, when given)."""
+        if outlet is None or self.outlets.get(sid) is outlet:
+            self.outlets.pop(sid, None)
+
+    def position(self, sid: str) -> bytes:
+        """The last id read from the session's reply partition: later entries reach its
+        outlet live, earlier ones only by a replay. Valid once ``pinned`` is set."""
+        return self._last[keys.reply_partition(topology.partition_of(sid))]
 
     async def run(self) -> None:
         backoff = Backoff()
@@ -74,6 +87,7 @@ class ReplyReader:
                 self._last[stream] = info["last-generated-id"]
             else:
                 self._last[stream] = b"0-0"  # no such stream yet: everything in it is new
+        self.pinned.set()
 
 
 async def stop_task(task: asyncio.Task[None]) -> None:

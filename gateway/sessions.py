@@ -8,6 +8,7 @@ without owners.
 from __future__ import annotations
 
 import time
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -35,15 +36,43 @@ async def open_session(r: Redis, sid: str, gateway_id: str, ttl_s: int,
         await p.execute()
 
 
-async def refresh_sessions(r: Redis, sids: list[str], ttl_s: int) -> list[str]:
-    """Extend the sessions' TTL; return those whose record is gone (Redis lost it)."""
+# Extend a record's TTL only while it names this gateway: 1 extended, 0 gone, -1 taken over
+# by another gateway (the client resumed the session elsewhere).
+_REFRESH_IF_MINE = """
+local gw = redis.call('HGET', KEYS[1], ARGV[1])
+if not gw then return 0 end
+if gw ~= ARGV[2] then return -1 end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+async def refresh_sessions(r: Redis, sids: list[str], ttl_s: int,
+                           gateway_id: str) -> tuple[list[str], list[str]]:
+    """Extend the TTL of the sessions this gateway still holds; return those whose record is
+    gone (Redis lost it) and those another gateway took over."""
     if not sids:
-        return []
+        return [], []
     async with r.pipeline(transaction=False) as p:
         for sid in sids:
-            p.expire(keys.session_record(sid), ttl_s)
-        extended = await p.execute()
-    return [sid for sid, ok in zip(sids, extended, strict=True) if not ok]
+            p.eval(_REFRESH_IF_MINE, 1, keys.session_record(sid), keys.RECORD_GATEWAY,
+                   gateway_id, ttl_s)
+        results = await p.execute()
+    lost = [sid for sid, res in zip(sids, results, strict=True) if res == 0]
+    moved = [sid for sid, res in zip(sids, results, strict=True) if res == -1]
+    return lost, moved
+
+
+async def turn_state(r: Redis, sid: str) -> tuple[int, int]:
+    """The session's fence and its last turn number."""
+    fence, last = await r.mget(keys.fence(sid), keys.turn_counter(sid))
+    return int(fence or 0), int(last or 0)
+
+
+async def held_elsewhere(r: Redis, sid: str, gateway_id: str) -> bool:
+    """Whether another gateway took the session over (a client that resumed it there)."""
+    raw = cast(bytes | None, await r.hget(keys.session_record(sid), keys.RECORD_GATEWAY))
+    return raw is not None and raw.decode() != gateway_id
 
 
 async def close_session(r: Redis, sid: str) -> None:

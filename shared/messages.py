@@ -32,6 +32,13 @@ class MsgType(StrEnum):
     WIDGET = "widget"
     ACTION = "action"
     ERROR = "error"
+    # Extensions, only for clients that ask for session ids (gateway/resume.py):
+    SESSION = "session"  # at connect: the session id, whether it was resumed
+    AUDIO_ID = "audio_id"  # the id of the binary audio frame that follows
+
+
+# The extra field that carries a reply's id to clients that ask for ids (its stream id).
+REPLY_ID = "id"
 
 
 class Signal(StrEnum):
@@ -56,10 +63,11 @@ STT_DOWN_REPLY = "Sorry, I can't hear you right now: speech recognition is unava
 TTS_DOWN_REPLY = "Sorry, I can't speak right now: speech synthesis is unavailable."
 
 
-def client_message(user: str, content: Any, type_: str) -> str:
+def client_message(user: str, content: Any, type_: str, **extra: Any) -> str:
     """One xRx JSON text frame: ``{"user","content","type"}``. ``content`` is a string, except
-    a widget's, which is whatever JSON value the agent sent (xRx apps read ``content.type``)."""
-    return json.dumps({"user": user, "content": content, "type": type_})
+    a widget's, which is whatever JSON value the agent sent (xRx apps read ``content.type``).
+    ``extra`` fields (a reply's id) go only to clients that asked for them."""
+    return json.dumps({"user": user, "content": content, "type": type_, **extra})
 
 
 def widget_content(output: Any) -> str:
@@ -371,14 +379,14 @@ class Reply(Entry):
     def is_audio(self) -> bool:
         return bool(self.pcm)
 
-    def to_client(self) -> str:
+    def to_client(self, **extra: Any) -> str:
         content: Any = self.content
         if self.type == MsgType.WIDGET:
             try:
                 content = json.loads(self.content)  # written by widget_content
             except ValueError:
                 pass  # not JSON: forwarded as the string it is
-        return client_message(self.user, content, self.type)
+        return client_message(self.user, content, self.type, **extra)
 
 
 def signal(sid: str, turn: int, sig: Signal, user: User = User.AGENT) -> Reply:

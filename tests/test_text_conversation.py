@@ -78,6 +78,9 @@ async def test_text_turn_has_paired_thinking_signals_around_the_reply(
     kinds = signals(got)
     assert kinds == [STARTED, ENDED], summary(got)
     assert got[0] == {"user": "agent", "content": STARTED, "type": "action"}
+    # A client that did not ask for session ids sees the original's messages only: no
+    # session message, no "id" field (the resume extension is opt-in).
+    assert all(set(m) == {"user", "content", "type"} for m in got), summary(got)
     replies = texts(got)
     assert replies and "pepperoni" in " ".join(replies).lower()
     # Replies come between the two signals, as the original's "audio"-typed agent text.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import websockets
+
 from tests.conftest import TextSystem
 from tests.harness import Client, Message, is_signal, summary, texts, wait_ready
 from tests.speech_fixtures import noise, silence, synthesize_pcm16k
@@ -187,4 +189,61 @@ async def test_tts_down_gives_a_clear_message_and_recovers(voice_system: TextSys
     await client.send_json({"type": "text", "content": "hello", "modality": "audio"})
     got = await until_all_spoken(client)
     assert audio(got), summary(got)
+    await client.close()
+
+
+async def test_dropped_call_resumes_mid_utterance_and_mid_answer(
+        voice_system: TextSystem) -> None:
+    """Resuming keeps the VAD's state (an utterance split by the drop is one utterance) and
+    replays exactly the audio frames the client did not get (``audio_id`` before each)."""
+    port = voice_system.gateway_port
+
+    async def connect(query: str) -> Client:
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}/api/v1/ws?{query}",
+                                      additional_headers={"x-api-key": "123456"},
+                                      max_size=None)
+        return Client(ws)
+
+    def drop(c: Client) -> None:
+        assert c.ws.transport is not None
+        c.ws.transport.abort()  # no close frame, as a network failure
+
+    client = await connect("session_info=1")
+    sid = (await client.next())["content"]["session_id"]
+    speech = spoken("What is on the menu", tail_ms=0)
+    half = len(speech) // 2 // 2 * 2
+    await stream(client, speech[:half], FRAME_30MS)
+    await asyncio.sleep(0.3)  # the gateway forwards what it got
+    drop(client)
+    client = await connect(f"session_id={sid}")  # nothing received yet: last_id 0-0
+    info = (await client.next())["content"]
+    assert info["resumed"] is True and info["replayed"] == 0, info
+    sender = asyncio.create_task(stream(client, speech[half:] + silence(1000), FRAME_30MS))
+
+    # The answer's audio: keep the id of each frame that arrived, then drop mid-answer.
+    got = await client.until(lambda m: isinstance(m, bytes), timeout=60)
+    got += [await client.next() for _ in range(6)]
+    await sender
+    said = transcripts(got)
+    assert len(said) == 1 and "what" in said[0].lower() and "menu" in said[0].lower(), said
+    received_ids: list[str] = []
+    marker = ""
+    for m in got:
+        if isinstance(m, dict) and m.get("type") == "audio_id":
+            marker = m["id"]
+        elif isinstance(m, bytes):
+            received_ids.append(marker)
+    last_id = received_ids[-1]  # the last frame that arrived: what a client resumes from
+    drop(client)
+    await asyncio.sleep(0.5)
+
+    client = await connect(f"session_id={sid}&last_id={last_id}")
+    info = (await client.next())["content"]
+    assert info["resumed"] is True and info["replayed"] > 0, info
+    after = (await until_all_spoken(client, got))[len(got):]
+    after_ids = [m["id"] for m in after if isinstance(m, dict) and m.get("type") == "audio_id"]
+    assert len(after_ids) == len(audio(after)) > 0, summary(after)
+    both = [tuple(map(int, i.split("-"))) for i in received_ids + after_ids]
+    assert both == sorted(set(both)), "an audio frame repeated or out of order"
+    assert any("pepperoni" in t.lower() for t in texts(got + after)), summary(got + after)
     await client.close()
