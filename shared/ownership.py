@@ -383,8 +383,12 @@ class StageWorker:
         if part is None:
             return
         self._by_stream.pop(part.stream.encode(), None)
-        for sid in list(part.sessions):
-            await self._close(part, sid, handing_over=True)
+        started = time.monotonic()
+        sessions = len(part.sessions)
+        # Concurrently: one slow session (a turn finishing) must not hold up the others.
+        await asyncio.gather(*(self._close(part, sid, handing_over=True)
+                               for sid in list(part.sessions)))
+        closed = time.monotonic()
         self.keeper.forget(n)
         if not lost:
             # A read already blocked in Redis may still include this partition: had the lease
@@ -396,7 +400,9 @@ class StageWorker:
             await self.leases.release(n, part.epoch)
         PARTITION_MOVES.labels(self.stage.value, "released").inc()
         self._count()
-        log.info("partition released", stage=self.stage.value, partition=n, lost=lost)
+        log.info("partition released", stage=self.stage.value, partition=n, lost=lost,
+                 sessions=sessions, closing_ms=round((closed - started) * 1000),
+                 total_ms=round((time.monotonic() - started) * 1000))
 
     async def _recreate_groups(self) -> None:
         try:

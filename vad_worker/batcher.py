@@ -4,9 +4,7 @@ round trip for everything the batch publishes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 
 import structlog
 from prometheus_client import Histogram
@@ -35,8 +33,11 @@ class VadBatcher:
         self.r, self.engine = r, engine
         self._ready: dict[str, VadSession] = {}
         self._wake = asyncio.Event()
-        # Held while a batch is processed: a session handed over waits for it to finish.
-        self._busy = asyncio.Lock()
+        # The sessions of the batch being processed, and its end: a session handed over
+        # waits for the batch it is in (and only that one) before its state is saved.
+        self._current: set[str] = set()
+        self._batch_done = asyncio.Event()
+        self._barge_ins: set[asyncio.Task[None]] = set()
         # One thread: the model is not shared between concurrent calls, and inference never
         # runs on the event loop.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad-infer")
@@ -46,11 +47,11 @@ class VadBatcher:
         self._ready[session.sid] = session
         self._wake.set()
 
-    @asynccontextmanager
-    async def quiet(self) -> AsyncIterator[None]:
-        """No batch runs inside this block (a session's state can be saved consistently)."""
-        async with self._busy:
-            yield
+    async def settled(self, session: VadSession) -> None:
+        """Return once no batch is working on ``session`` (set ``session.closed`` first, so
+        no later batch takes it up)."""
+        while session.sid in self._current:
+            await self._batch_done.wait()
 
     async def aclose(self) -> None:
         self._task.cancel()
@@ -66,8 +67,12 @@ class VadBatcher:
             await self._wake.wait()
             started = loop.time()
             self._wake.clear()
-            async with self._busy:
+            try:
                 await self._one_batch()
+            finally:
+                self._current.clear()
+                self._batch_done.set()
+                self._batch_done = asyncio.Event()
             # Batches are paced a little under one client frame apart: by then most sessions
             # have sent their next frame, so one model call covers them all (a batch of 64
             # serves 7.5 times as many streams per core as batches of one).
@@ -76,7 +81,8 @@ class VadBatcher:
     async def _one_batch(self) -> None:
         loop = asyncio.get_running_loop()
         batch, self._ready = list(self._ready.values()), {}
-        work = [(s, *s.take_pending()) for s in batch if not s.closed]
+        work = [(s, *s.take_pending()) for s in batch if not (s.closed or s.leaving)]
+        self._current = {s.sid for s, _, _ in work}
         frames = [(s.state, pcm) for s, _, pcm in work if pcm]
         if not frames:
             return
@@ -107,7 +113,14 @@ class VadBatcher:
                 return
             for session, ids in acks:
                 session.acker.ack(*ids)
-        for session in barge:
+        if barge:
+            # Off the batch loop: the next batch must not wait for their round trips.
+            task = asyncio.create_task(self._barge_in(barge))
+            self._barge_ins.add(task)
+            task.add_done_callback(self._barge_ins.discard)
+
+    async def _barge_in(self, sessions: list[VadSession]) -> None:
+        for session in sessions:
             token = CURRENT_LEASE.set(session.acker.lease)
             try:
                 await barge_in(self.r, session.sid)

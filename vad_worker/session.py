@@ -75,6 +75,7 @@ class VadSession:
         self._saved_start = state.buf_start if state.triggered else -1
         self._saved_len = saved_audio
         self.closed = False
+        self.leaving = False  # being handed over: no new batch takes it up
         self._speaking = state.triggered
         self._shedding = False
 
@@ -137,14 +138,15 @@ class VadSession:
             return
         if handing_over:
             # Leave a checkpoint of everything processed; what is still queued stays
-            # unacknowledged for the next owner.
-            async with self.batcher.quiet():
-                self.closed = True
-                async with self.r.pipeline(transaction=False) as p:
-                    self._queue_checkpoint(p)
-                    await p.execute()
-                self.acker.ack(*self.uncheckpointed)
-                self.uncheckpointed.clear()
+            # unacknowledged for the next owner. The batch working on this session (if any)
+            # still publishes what it found: the checkpoint comes after it.
+            self.leaving = True
+            await self.batcher.settled(self)
+            async with self.r.pipeline(transaction=False) as p:
+                self._queue_checkpoint(p)
+                await p.execute()
+            self.acker.ack(*self.uncheckpointed)
+            self.uncheckpointed.clear()
         self.closed = True
 
     def take_pending(self) -> tuple[list[bytes], bytes]:
