@@ -37,6 +37,7 @@ class Outlet:
         self.fence = 0
         self._thinking_turn: int | None = None
         self._last_seq: dict[int, int] = {}  # turn -> highest numbered output delivered
+        self._last_chunk: dict[int, tuple[int, int]] = {}  # turn -> (output, chunk) delivered
         # While resuming: live entries wait here until the missed ones are queued.
         self._held: list[tuple[bytes, Reply]] | None = None
         # Entries at or below this id were received by the client or replayed (resume only).
@@ -124,6 +125,8 @@ class Outlet:
             return True
         if is_fenced(reply.turn, self.fence):
             return False
+        if reply.is_audio:
+            return self._admit_audio(reply)
         if reply.seq:
             if reply.seq <= self._last_seq.get(reply.turn, 0):
                 return False  # already delivered by the run before a failover
@@ -131,6 +134,19 @@ class Outlet:
                 # Only live turns matter; older entries go.
                 self._last_seq = {t: s for t, s in self._last_seq.items() if t >= self.fence}
             self._last_seq[reply.turn] = reply.seq
+        return True
+
+    def _admit_audio(self, reply: Reply) -> bool:
+        """Chunks of a numbered output are numbered too: a reply spoken again from its start
+        after a TTS replica died goes on where the client's audio stopped."""
+        if not (reply.seq and reply.chunk):
+            return True
+        key = (reply.seq, reply.chunk)
+        if key <= self._last_chunk.get(reply.turn, (0, 0)):
+            return False
+        if reply.turn not in self._last_chunk:
+            self._last_chunk = {t: k for t, k in self._last_chunk.items() if t >= self.fence}
+        self._last_chunk[reply.turn] = key
         return True
 
     async def _send_loop(self) -> None:

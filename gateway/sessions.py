@@ -34,6 +34,7 @@ async def open_session(r: Redis, sid: str, gateway_id: str, ttl_s: int,
             p.set(keys.turn_counter(sid), last_turn, nx=True, ex=STATE_TTL_S)
             p.set(keys.fence(sid), last_turn, nx=True, ex=STATE_TTL_S)
         await p.execute()
+    await r.sadd(keys.partition_sessions(topology.partition_of(sid)), sid)
 
 
 # Extend a record's TTL only while it names this gateway: 1 extended, 0 gone, -1 taken over
@@ -79,6 +80,7 @@ async def close_session(r: Redis, sid: str) -> None:
     """Tell every stage the session is over, then let its keys expire."""
     async with r.pipeline(transaction=False) as p:
         p.delete(keys.session_record(sid))
+        p.srem(keys.partition_sessions(topology.partition_of(sid)), sid)
         for stage, marker in topology.close_markers(sid):
             topology.send(p, stage, marker)
         expire_session(p, sid)

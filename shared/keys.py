@@ -56,6 +56,12 @@ def turn_counter(sid: str) -> str:
     return f"{PREFIX}:{{{sid}}}:turn"
 
 
+def turn_marks(sid: str) -> str:
+    """Hash: per source of turns, the mark of the last input that started one (a transcript
+    published again after a failover must not start a second turn)."""
+    return f"{PREFIX}:{{{sid}}}:turn_marks"
+
+
 def fence(sid: str) -> str:
     """Lowest turn number still alive: replies of lower turns never reach the client."""
     return f"{PREFIX}:{{{sid}}}:fence"
@@ -104,6 +110,12 @@ def partition_epoch(stage: Stage, n: int) -> str:
     return f"{PREFIX}:{partition_tag(stage.value, n)}:epoch"
 
 
+def partition_sessions(n: int) -> str:
+    """Set of the open sessions whose id hashes to partition ``n``: whichever replica holds
+    the partition reaps those whose record expired, even ones it never heard from."""
+    return f"{PREFIX}:{partition_tag('sessions', n)}:ids"
+
+
 def stage_load(stage: Stage) -> str:
     """Hash: partition -> ``<holder> <sessions>``, written by each holder as it heartbeats;
     the gateway places new sessions by it."""
@@ -118,7 +130,7 @@ def stage_members(stage: Stage) -> str:
 def session_keys(sid: str) -> list[str]:
     """Every key a session owns, for expiry when it closes."""
     keys = [session_record(sid), history(sid), history_marks(sid), agent_session(sid),
-            turn_counter(sid), fence(sid)]
+            turn_counter(sid), turn_marks(sid), fence(sid)]
     for stage in Stage:
         keys += [checkpoint(sid, stage), checkpoint_audio(sid, stage)]
     return keys

@@ -371,6 +371,8 @@ class Reply(Entry):
     # The n-th output of the agent in this turn (0: not numbered). A turn run again after a
     # failover numbers its outputs the same way, so the gateway drops what it already sent.
     seq: int = 0
+    # The n-th audio chunk of the output numbered ``seq`` (0: not numbered).
+    chunk: int = 0
     # Turns below this are dead from here on (a barge-in, a new turn elsewhere): the gateway
     # learns fences in reply order instead of reading them from Redis.
     fence: int = 0

@@ -139,6 +139,12 @@ class StageWorker:
                     # Redis lost our groups (a restart without persistence): recreate them.
                     log.warning("consumer group missing, recreating", stage=self.stage.value)
                     await self._recreate_groups()
+                except Exception:
+                    # A worker that dies takes its sessions' lease time with it: log, pause,
+                    # go on.
+                    log.exception("stage worker loop failed; continuing",
+                                  stage=self.stage.value)
+                    await backoff.sleep()
         finally:
             balancer.cancel()
             try:
@@ -260,26 +266,39 @@ class StageWorker:
         OWNED_PARTITIONS.labels(self.stage.value).set(len(self.held))
 
     async def _reap_if_due(self) -> None:
-        """Close sessions whose record expired (their gateway vanished) and expire their keys."""
+        """Close sessions whose record expired (their gateway vanished) and expire their keys:
+        those this replica runs, and every other open session of its partitions (one that
+        moved here and has been silent since has no handler here, but must not leak)."""
         now = time.monotonic()
         if now < self._next_reap:
             return
         self._next_reap = now + self.reap_every_s
-        owned = [(part, sid) for part in self.held.values() for sid in part.sessions]
-        if not owned:
+        parts = list(self.held.values())
+        if not parts:
             return
         async with self.r.pipeline(transaction=False) as p:
-            for _, sid in owned:
+            for part in parts:
+                p.smembers(keys.partition_sessions(part.n))
+            listed = await p.execute()
+        candidates = [(part, sid) for part, members in zip(parts, listed, strict=True)
+                      for sid in set(part.sessions) | {m.decode() for m in members}]
+        if not candidates:
+            return
+        async with self.r.pipeline(transaction=False) as p:
+            for _, sid in candidates:
                 p.exists(keys.session_record(sid))
             alive = await p.execute()
-        for (part, sid), ok in zip(owned, alive, strict=True):
-            if not ok and sid in part.sessions:
+        for (part, sid), ok in zip(candidates, alive, strict=True):
+            if ok:
+                continue
+            if sid in part.sessions:
                 log.info("session record expired, closing", stage=self.stage.value,
                          session_id=sid)
                 await self._close(part, sid)
-                async with self.r.pipeline(transaction=False) as p:
-                    expire_session(p, sid)
-                    await p.execute()
+            async with self.r.pipeline(transaction=False) as p:
+                p.srem(keys.partition_sessions(part.n), sid)
+                expire_session(p, sid)
+                await p.execute()
 
     # --- partitions ----------------------------------------------------------------------
 
@@ -300,22 +319,25 @@ class StageWorker:
                     pass
             except TRANSIENT as err:
                 self.ready = False
-                log.warning("redis unavailable, leases not renewed", stage=self.stage.value,
+                log.warning("redis unavailable, partitions not balanced", stage=self.stage.value,
                             error=str(err))
+                await backoff.sleep()
+            except Exception:
+                log.exception("balancing failed; continuing", stage=self.stage.value)
                 await backoff.sleep()
 
     async def balance(self) -> None:
         async with self._moving:
-            for n in [n for n, p in self.held.items() if p.lease.lost]:
-                log.warning("partition lease lost", stage=self.stage.value, partition=n)
-                await self._drop(n, lost=True)
+            lost = [n for n, p in self.held.items() if p.lease.lost]
+            if lost:
+                log.warning("partition leases lost", stage=self.stage.value, partitions=lost)
+                await self._drop(lost, lost=True)
             members = await self.leases.members()
             holders = await self.leases.holders()
             free = {n for n, holder in enumerate(holders) if holder is None}
             target = share(members, self.consumer, self.leases.partitions)
             release, take = plan(set(self.held), free, target)
-            for n in release:
-                await self._drop(n)
+            await self._drop(release)
             for n in take:
                 await self._take(n)
             if self.held:
@@ -376,37 +398,41 @@ class StageWorker:
                         partition=part.n, entries=len(claimed))
             await self._dispatch(part, claimed)
 
-    async def _drop(self, n: int, *, lost: bool = False) -> None:
-        """Let go of a partition: its sessions are handed over (their unfinished work stays
-        pending for the next holder), then the lease is released."""
-        part = self.held.pop(n, None)
-        if part is None:
+    async def _drop(self, ns: list[int], *, lost: bool = False) -> None:
+        """Let go of partitions: their sessions are handed over (their unfinished work stays
+        pending for the next holder), then the leases are released. All at once: the next
+        read no longer includes any of them, their sessions close concurrently (one slow
+        session, a turn finishing, holds up no other), one wait covers the read in flight."""
+        parts = [p for n in ns if (p := self.held.pop(n, None)) is not None]
+        if not parts:
             return
-        self._by_stream.pop(part.stream.encode(), None)
         started = time.monotonic()
-        sessions = len(part.sessions)
-        # Concurrently: one slow session (a turn finishing) must not hold up the others.
+        for part in parts:
+            self._by_stream.pop(part.stream.encode(), None)
         await asyncio.gather(*(self._close(part, sid, handing_over=True)
-                               for sid in list(part.sessions)))
+                               for part in parts for sid in list(part.sessions)))
         closed = time.monotonic()
-        self.keeper.forget(n)
+        for part in parts:
+            self.keeper.forget(part.n)
         if not lost:
-            # A read already blocked in Redis may still include this partition: had the lease
-            # gone first, an entry arriving now would be delivered here after the next holder
-            # reclaimed what was pending, and stay stuck. What that read delivers for this
-            # partition is ignored here and reclaimed by the next holder.
+            # A read already blocked in Redis may still include these partitions: had the
+            # leases gone first, an entry arriving now would be delivered here after the next
+            # holder reclaimed what was pending, and stay stuck. What that read delivers for
+            # them is ignored here and reclaimed by the next holder.
             await asyncio.shield(self._reading)
-            await self._flush_acks(part)
-            await self.leases.release(n, part.epoch)
-        PARTITION_MOVES.labels(self.stage.value, "released").inc()
+            for part in parts:
+                await self._flush_acks(part)
+                await self.leases.release(part.n, part.epoch)
+        PARTITION_MOVES.labels(self.stage.value, "released").inc(len(parts))
         self._count()
-        log.info("partition released", stage=self.stage.value, partition=n, lost=lost,
-                 sessions=sessions, closing_ms=round((closed - started) * 1000),
+        log.info("partitions released", stage=self.stage.value,
+                 partitions=[p.n for p in parts], lost=lost,
+                 closing_ms=round((closed - started) * 1000),
                  total_ms=round((time.monotonic() - started) * 1000))
 
     async def _recreate_groups(self) -> None:
         try:
-            for part in self.held.values():
+            for part in list(self.held.values()):
                 await ensure_group(self.r, part.stream, self.group)
         except TRANSIENT:
             await asyncio.sleep(0.5)
@@ -416,11 +442,10 @@ class StageWorker:
         log.info("shutting down: handing partitions over", stage=self.stage.value,
                  partitions=len(self.held), sessions=self.session_count)
         async with self._moving:
-            for n in list(self.held):
-                try:
-                    await self._drop(n)
-                except TRANSIENT as err:
-                    log.warning("could not hand over partition", partition=n, error=str(err))
+            try:
+                await self._drop(list(self.held))
+            except TRANSIENT as err:
+                log.warning("could not hand partitions over", error=str(err))
             try:
                 await self.leases.leave()
             except TRANSIENT:

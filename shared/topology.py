@@ -51,9 +51,13 @@ class StageSpec:
 
 
 PIPELINE: tuple[StageSpec, ...] = (
-    StageSpec(Stage.VAD, AudioIn, AudioIn(close=True), ("gateway",), maxlen=20_000),
+    # ~12 s of audio per partition at 500 sessions: more than the VAD ever uses (it sheds audio
+    # older than VAD_MAX_LAG_MS), about 200 MB in all at most.
+    StageSpec(Stage.VAD, AudioIn, AudioIn(close=True), ("gateway",), maxlen=5_000),
+    # Utterances are large (up to VAD_MAX_UTTERANCE_MS of audio): minutes of them per
+    # partition at 500 sessions, while no stt-bridge runs.
     StageSpec(Stage.STT_BRIDGE, UtteranceIn, UtteranceIn(kind=SpeechKind.CLOSE), ("vad",),
-              maxlen=20_000),
+              maxlen=500),
     StageSpec(Stage.AGENT_BRIDGE, AgentInput, AgentInput(kind=InputKind.CLOSE),
               ("gateway", "stt_bridge", "vad (barge-in)"), maxlen=10_000),
     StageSpec(Stage.TTS_BRIDGE, SpeakIn, SpeakIn(kind=SpeakKind.CLOSE),

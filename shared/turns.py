@@ -4,6 +4,8 @@ Whoever emits to the client drops replies of fenced turns."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from redis.asyncio import Redis
 
 from shared import keys
@@ -32,6 +34,33 @@ STATE_TTL_S = 24 * 3600
 async def begin_turn(r: Redis, sid: str) -> int:
     check_lease()
     n = await r.eval(_BEGIN_TURN, 2, keys.turn_counter(sid), keys.fence(sid), STATE_TTL_S)
+    return int(n)
+
+
+class TurnSource(StrEnum):
+    UTTERANCE = "utterance"
+
+
+# A turn started at most once per (source, mark): marks only grow.
+_BEGIN_TURN_ONCE = """
+local last = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '-1')
+if tonumber(ARGV[3]) <= last then return 0 end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+local n = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], n)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return n
+"""
+
+
+async def begin_turn_once(r: Redis, sid: str, source: TurnSource, mark: int) -> int:
+    """:func:`begin_turn` unless ``source`` already started a turn at ``mark`` or later;
+    then 0."""
+    check_lease()
+    n = await r.eval(_BEGIN_TURN_ONCE, 3, keys.turn_counter(sid), keys.fence(sid),
+                     keys.turn_marks(sid), STATE_TTL_S, source, mark)
     return int(n)
 
 

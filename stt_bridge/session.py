@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 import structlog
 from prometheus_client import Counter, Histogram
@@ -23,6 +24,9 @@ log = structlog.get_logger(__name__)
 # How long a transcript is held at most while the user talks on (a VAD replica that died
 # mid-utterance must not hold the words forever).
 HOLD_LIMIT_S = 20.0
+# Utterances this close (audio ms, end of one to start of the next, pre-roll included) are one
+# message when the second is already queued: a pause mid-sentence, not two turns.
+JOIN_GAP_MS = 1000
 
 TRANSCRIPTS = Counter("xrx_stt_transcripts_total", "Utterances transcribed", ["outcome"])
 STT_SECONDS = Histogram("xrx_stt_seconds", "Time to transcribe one utterance")
@@ -42,6 +46,8 @@ class SttSession(QueuedSession[UtteranceIn]):
         self._voice_end_ms = 0
         self._voice_changed = asyncio.Event()
         self._stream: StreamingStt | None = None
+        # Where each queued utterance starts (session audio ms), in queue order.
+        self._queued_starts: deque[int] = deque()
 
     def is_close(self, entry: UtteranceIn) -> bool:
         return entry.kind == SpeechKind.CLOSE
@@ -55,6 +61,7 @@ class SttSession(QueuedSession[UtteranceIn]):
                 self._voice_end_ms = entry.voice_end_ms or self._voice_end_ms
                 self._voice_changed.set()
             case SpeechKind.UTTERANCE:
+                self._queued_starts.append(entry.start_ms)
                 self._speaking = False
                 self._voice_end_ms = entry.voice_end_ms or self._voice_end_ms
                 self._voice_changed.set()
@@ -81,6 +88,8 @@ class SttSession(QueuedSession[UtteranceIn]):
         await topology.reply(self.r, error_reply(self.sid, STT_DOWN_REPLY))
 
     async def process(self, utt: UtteranceIn) -> None:
+        if self._queued_starts:
+            self._queued_starts.popleft()
         try:
             with STT_SECONDS.time():
                 text = await self.stt.transcribe(utt.pcm)
@@ -93,18 +102,24 @@ class SttSession(QueuedSession[UtteranceIn]):
         else:
             TRANSCRIPTS.labels("empty").inc()
             log.info("empty transcript dropped", start_ms=utt.start_ms, end_ms=utt.end_ms)
-        await self._release_when_quiet()
+        await self._release_when_quiet(utt)
 
-    async def _release_when_quiet(self) -> None:
+    async def _release_when_quiet(self, utt: UtteranceIn) -> None:
         """AGENT_WAIT_MS as in the original: a transcript becomes a user message only once
         the user has been quiet for AGENT_WAIT_MS; while they go on talking it waits, and
         joins the transcript of what they say next, as one message. The VAD's speaking and
-        quiet entries arrive in the session's stream: waiting is event-driven, not polled."""
+        quiet entries arrive in the session's stream: waiting is event-driven, not polled.
+
+        An utterance already queued joins only if it began within JOIN_GAP_MS of this one's
+        end on the session's audio clock: utterances queued behind a failover or a slow STT
+        are separate turns, as they were said, not one merged message."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + HOLD_LIMIT_S
         while self._held and loop.time() < deadline:
             if self.queue.pending():
-                return  # the next utterance is on its way and takes these words along
+                if self._queued_starts and self._queued_starts[0] - utt.end_ms < JOIN_GAP_MS:
+                    return  # the next utterance is on its way and takes these words along
+                break
             if self._speaking:
                 wait_s = deadline - loop.time()
             else:
@@ -118,4 +133,4 @@ class SttSession(QueuedSession[UtteranceIn]):
                 pass
         if self._held:
             text, self._held = " ".join(self._held), []
-            await publish_transcript(self.r, self.sid, text)
+            await publish_transcript(self.r, self.sid, text, utterance_start_ms=utt.start_ms)

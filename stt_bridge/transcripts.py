@@ -8,13 +8,24 @@ from redis.asyncio import Redis
 from shared import topology
 from shared.keys import Stage
 from shared.messages import AgentInput, InputKind, Modality, MsgType, Reply, User
-from shared.turns import begin_turn
+from shared.turns import TurnSource, begin_turn, begin_turn_once
 
 log = structlog.get_logger(__name__)
 
 
-async def publish_transcript(r: Redis, sid: str, text: str) -> int:
-    turn = await begin_turn(r, sid)
+async def publish_transcript(r: Redis, sid: str, text: str, *,
+                             utterance_start_ms: int | None = None) -> int:
+    """Start the transcript's turn and publish it; with ``utterance_start_ms`` (its last
+    utterance's start), only once per utterance: a replica that took the session over and
+    transcribes again what its dead owner already published does nothing (returns 0)."""
+    if utterance_start_ms is None:
+        turn = await begin_turn(r, sid)
+    else:
+        turn = await begin_turn_once(r, sid, TurnSource.UTTERANCE, utterance_start_ms)
+        if not turn:
+            log.info("utterance already transcribed", session_id=sid,
+                     start_ms=utterance_start_ms)
+            return 0
     log.info("transcript", session_id=sid, turn=turn, text=text)
     async with r.pipeline(transaction=False) as p:
         # The new turn fences every earlier one: the gateway learns it with the transcript.

@@ -103,6 +103,7 @@ class TtsSession(QueuedSession[SpeakIn]):
         await update_record(self.r, self.sid, **{keys.RECORD_TTS_BUSY: entry.turn})
         loop = asyncio.get_running_loop()
         started, first = loop.time(), True
+        chunks_sent = 0
         try:
             async with aclosing(self.tts.synthesize(entry.text)) as chunks:
                 async for chunk in chunks:
@@ -112,8 +113,10 @@ class TtsSession(QueuedSession[SpeakIn]):
                     self._played(len(chunk))
                     # Fenced is checked with every chunk: a barge-in handled by another
                     # replica silences this one within a chunk.
+                    chunks_sent += 1
                     if not await self._publish(Reply(session_id=self.sid, turn=entry.turn,
-                                                     pcm=chunk), entry.turn):
+                                                     pcm=chunk, seq=entry.seq,
+                                                     chunk=chunks_sent), entry.turn):
                         return
         except ServiceUnavailable as err:
             SPOKEN.labels("tts_down").inc()

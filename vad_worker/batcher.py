@@ -21,7 +21,7 @@ log = structlog.get_logger(__name__)
 
 BATCH_SESSIONS = Histogram("xrx_vad_batch_sessions", "Sessions per VAD batch",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
-MIN_BATCH_INTERVAL_S = 0.024
+MIN_BATCH_INTERVAL_S = 0.04
 BATCH_SECONDS = Histogram("xrx_vad_batch_seconds", "Time of one VAD batch (model included)")
 
 
@@ -73,9 +73,9 @@ class VadBatcher:
                 self._current.clear()
                 self._batch_done.set()
                 self._batch_done = asyncio.Event()
-            # Batches are paced a little under one client frame apart: by then most sessions
-            # have sent their next frame, so one model call covers them all (a batch of 64
-            # serves 7.5 times as many streams per core as batches of one).
+            # Batches are paced as the gateway writes audio: by then every session has sent
+            # its next entry, so one model call covers them all (a batch of 64 serves 7.5
+            # times as many streams per core as batches of one).
             await asyncio.sleep(max(0.0, started + MIN_BATCH_INTERVAL_S - loop.time()))
 
     async def _one_batch(self) -> None:
