@@ -14,7 +14,7 @@ replies that answer it are the distinct audio replies (fake TTS tag texts) namin
   audio of any kind (or the end of the run). The longest wait is the trial's max stall;
 - normal: answered within the baseline's p99 + 0.5 s, neither duplicated nor merged.
 
-A turn counts in the trial whose fault came last before its answer (end + wait), so a turn in
+A turn counts in the trial whose fault came last before its answer (end + wait, at most LOSS_S), so a turn in
 flight when the fault struck is the fault's even if its speech ended just before.
 """
 
@@ -46,6 +46,11 @@ class TurnVerdict:
     merged: bool
     replies: list[str]
     normal: bool = False
+
+    @property
+    def settled(self) -> float:
+        """When the turn was answered, or given up on as lost."""
+        return self.end + min(self.wait, LOSS_S)
 
     @property
     def latency(self) -> float | None:
@@ -160,7 +165,7 @@ def trial_stats(views: list[SessionView], trial: dict[str, Any], t_to: float) ->
     restart = trial.get("restored_t", t_to)
     # A turn belongs to the fault it met: answered (or given up on) after the fault, before
     # the next one; a turn in flight when the fault struck counts, even if it ended before.
-    turns = [t for v in views for t in v.turns if t_f <= t.end + t.wait < t_to]
+    turns = [t for v in views for t in v.turns if t_f <= t.settled < t_to]
     hit = affected(views, trial)
     recov: list[float] = []
     unrecovered = 0
@@ -174,7 +179,7 @@ def trial_stats(views: list[SessionView], trial: dict[str, Any], t_to: float) ->
             recov.append(first_normal.first_audio - t_f)
 
     def count(pred: Any, after: float = -math.inf) -> int:
-        return sum(1 for t in turns if pred(t) and t.end + t.wait >= after)
+        return sum(1 for t in turns if pred(t) and t.settled >= after)
 
     bad = [t for t in turns if t.lost or t.duplicated or t.merged]
     return {
