@@ -14,8 +14,9 @@ replies that answer it are the distinct audio replies (fake TTS tag texts) namin
   audio of any kind (or the end of the run). The longest wait is the trial's max stall;
 - normal: answered within the baseline's p99 + 0.5 s, neither duplicated nor merged.
 
-A turn counts in the trial whose fault came last before its answer (end + wait, at most LOSS_S), so a turn in
-flight when the fault struck is the fault's even if its speech ended just before.
+A turn counts in the trial whose fault came last before its answer (end + wait, at most
+LOSS_S), so a turn in flight when the fault struck is the fault's even if its speech ended
+just before.
 """
 
 from __future__ import annotations
