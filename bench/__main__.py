@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "voice": "bench.voice",
     "redis": "bench.redis_ingest",
     "pipeline": "bench.pipeline_load",
+    "faults": "bench.faults",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent
 

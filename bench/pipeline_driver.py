@@ -163,6 +163,8 @@ class WsClient(asyncio.Protocol):
 
 
 class Driver:
+    client_class: type[WsClient] = WsClient  # what a subclass parses replies with
+
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
         self.mask = os.urandom(4)
@@ -196,8 +198,8 @@ class Driver:
                 for _ in range(3):
                     try:
                         _, proto = await loop.create_connection(
-                            lambda: WsClient(s, self._request(), self.mask,
-                                             self.cfg["reply_text"]),
+                            lambda: self.client_class(s, self._request(), self.mask,
+                                                      self.cfg["reply_text"]),
                             "127.0.0.1", int(self.cfg["port"]))
                         await asyncio.wait_for(proto.upgraded, 30)
                         s.proto, s.closed = proto, False

@@ -122,7 +122,7 @@ class Pipeline:
 
 @contextmanager
 def pipeline(replicas: dict[str, int] | None = None, lease_ms: int | None = None,
-             ) -> Iterator[Pipeline]:
+             fakes_module: str = "bench.pipeline_fakes") -> Iterator[Pipeline]:
     replicas = replicas or {}
     redis = RedisServer()
     fakes: subprocess.Popen[bytes] | None = None
@@ -130,7 +130,7 @@ def pipeline(replicas: dict[str, int] | None = None, lease_ms: int | None = None
     try:
         redis.start()
         fake_port = free_port()
-        fakes = subprocess.Popen([sys.executable, "-m", "bench.pipeline_fakes", "--port",
+        fakes = subprocess.Popen([sys.executable, "-m", fakes_module, "--port",
                                   str(fake_port)], cwd=ROOT)
         wait_port(fake_port)
         env = {"REDIS_URL": redis.url, "GATEWAY_HOST": "127.0.0.1",
