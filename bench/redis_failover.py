@@ -68,7 +68,7 @@ async def _trial(wait: bool, result: BenchResult, mode: str) -> None:
         await asyncio.sleep(2.0)
         stop.set()
         await asyncio.gather(*tasks)
-        present = {entry_id for entry_id, _ in await r.xrange(STREAM)}
+        present = {entry_id for entry_id, _ in await r.xrange(STREAM) or []}
         lost = len(acked - present)
         result.figure(f"{mode}_lost", f"acknowledged writes lost ({mode})", "writes") \
             .samples.append(lost)
