@@ -65,6 +65,9 @@ check-deploy: $(TOOLS)/.installed
 	$(TOOLS)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	kubectl kustomize deploy/k8s > $(TOOLS)/k8s.yaml
 	$(TOOLS)/bin/kubernetes-validate --strict --quiet $(TOOLS)/k8s.yaml
+	for o in deploy/k8s/overlays/*/; do \
+		kubectl kustomize $$o > $(TOOLS)/overlay.yaml && \
+		$(TOOLS)/bin/kubernetes-validate --strict --quiet $(TOOLS)/overlay.yaml || exit 1; done
 	$(TOOLS)/bin/hadolint deploy/docker/Dockerfile
 	$(TOOLS)/bin/checkov --quiet --compact --config-file deploy/checkov.yaml \
 		--framework kubernetes -f $(TOOLS)/k8s.yaml

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from redis.asyncio import Redis
 
 from agent_bridge.agent_client import AgentClient
-from agent_bridge.turn import Turn
+from agent_bridge.turn import REDO_WINDOW_S, Turn
 from shared.config import Settings
 from shared.history import HistoryKind, append_history
 from shared.messages import AgentInput, InputKind
 from shared.ownership import Acker
+from shared.redis_io import TRANSIENT, Backoff
 from shared.stage_session import QueuedSession
 from shared.turns import fence_of, is_fenced
 
@@ -39,6 +42,21 @@ class AgentSession(QueuedSession[AgentInput]):
         return False
 
     async def process(self, entry: AgentInput) -> None:
+        # Redis lost before or after the agent call (a restart, a Sentinel failover): do the
+        # input again once it is back rather than acknowledge it undone. Every step is
+        # idempotent (history appends once per turn, outputs are numbered per turn).
+        backoff, deadline = Backoff(), time.monotonic() + REDO_WINDOW_S
+        while True:
+            try:
+                return await self._process(entry)
+            except TRANSIENT as err:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("redis lost, handling the input again", turn=entry.turn,
+                            error=str(err))
+                await backoff.sleep()
+
+    async def _process(self, entry: AgentInput) -> None:
         if entry.kind in USER_INPUTS:
             await append_history(self.r, self.sid, HistoryKind.USER, entry.turn,
                                  {"role": "user", "content": entry.content})

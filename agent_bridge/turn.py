@@ -33,12 +33,15 @@ from shared.messages import (
     widget_content,
 )
 from shared.protocols import REPLY_NODES, AgentField, AgentNode
+from shared.redis_io import TRANSIENT, Backoff
 from shared.session_record import update_record
 
 log = structlog.get_logger(__name__)
 
 TURNS = Counter("xrx_agent_turns_total", "Agent turns by outcome", ["outcome"])
 FIRST_OUTPUT = Histogram("xrx_agent_first_output_seconds", "Agent call to first output")
+# How long a turn keeps trying again while Redis is away (a failover takes a few seconds).
+REDO_WINDOW_S = 15.0
 
 
 
@@ -63,7 +66,7 @@ class Turn:
         history, session = agent_context(self.sid, raw_history, raw_session)
         watchdog = asyncio.create_task(self._slow_notice())
         try:
-            await self._call_agent(history, session)
+            await self._call_agent_while_redis_holds(history, session)
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
@@ -91,6 +94,25 @@ class Turn:
         if self.entry.modality == Modality.AUDIO:
             await self.out.cancel_speech()
         await self.out.direct(signal(self.sid, 0, Signal.CLEAR_AUDIO_BUFFER, User.SYSTEM))
+
+    async def _call_agent_while_redis_holds(self, history: list[dict[str, Any]],
+                                            session: dict[str, Any]) -> None:
+        """Redis lost mid-turn (a restart, a Sentinel failover): once it is back, run the turn
+        again instead of ending it unanswered. The outputs are numbered per turn, so the
+        gateway drops the ones the client already has; the history takes them once."""
+        backoff = Backoff()
+        deadline = time.monotonic() + REDO_WINDOW_S
+        while True:
+            try:
+                await self._call_agent(history, session)
+                return
+            except TRANSIENT as err:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("redis lost mid-turn, running the turn again", turn=self.entry.turn,
+                            error=str(err))
+                await backoff.sleep()
+                self.out = Outbox(self.r, self.sid, self.entry.turn, self.entry.modality)
 
     async def _call_agent(self, history: list[dict[str, Any]], session: dict[str, Any]) -> None:
         new_messages: list[dict[str, Any]] = []

@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "text": "bench.text",
     "voice": "bench.voice",
     "redis": "bench.redis_ingest",
+    "failover": "bench.redis_failover",
     "pipeline": "bench.pipeline_load",
     "faults": "bench.faults",
 }

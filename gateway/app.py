@@ -259,7 +259,7 @@ def create_app(settings: Settings) -> Starlette:
         if settings.API_KEY == DEFAULT_API_KEY:
             log.warning("API_KEY is the public default '123456': anyone can connect; "
                         "set API_KEY before exposing this gateway")
-        r = connect(settings.redis_url, name="gateway")
+        r = connect(settings, name="gateway")
         gw = Gateway(settings, r)
         holder["gw"] = gw
         tasks = [asyncio.create_task(gw.reader.run()), asyncio.create_task(gw.audio.run()),

@@ -7,13 +7,18 @@ from redis.asyncio import Redis
 from shared import topology
 from shared.keys import Stage
 from shared.messages import AgentInput, ClientInput
+from shared.redis_io import durable
 from shared.turns import begin_turn
 
 
 async def publish_input(r: Redis, sid: str, msg: ClientInput) -> int:
     """Start a turn for a text or action and hand it to the agent stage; return its number."""
     turn = await begin_turn(r, sid)
-    await topology.send(r, Stage.AGENT_BRIDGE,
-                        AgentInput(session_id=sid, kind=msg.kind, turn=turn, content=msg.content,
-                                   action=msg.action, modality=msg.modality))
+    # Durable: the client's message exists nowhere else; lost in a failover, it is never
+    # answered (a write derived from another stream entry is redone from it instead).
+    async with r.pipeline(transaction=False) as p:
+        topology.send(p, Stage.AGENT_BRIDGE,
+                      AgentInput(session_id=sid, kind=msg.kind, turn=turn, content=msg.content,
+                                 action=msg.action, modality=msg.modality))
+        await durable(p)
     return turn

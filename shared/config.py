@@ -44,6 +44,22 @@ class Settings(BaseSettings):
     REDIS_URL: str = ""
     REDIS_HOST: str = "localhost"
     REDIS_PORT: int = Field(6379, ge=1, le=65535)
+    # Sentinel mode (set REDIS_SENTINELS): clients ask the sentinels where the primary is and
+    # follow it across failovers; REDIS_URL/REDIS_HOST are then ignored (the db stays 0).
+    REDIS_SENTINELS: str = ""  # comma-separated host:port
+    REDIS_SENTINEL_MASTER: str = Field("xrx", min_length=1)
+    # For the data nodes and the sentinels alike (a Secret in Kubernetes, never the ConfigMap);
+    # a password inside REDIS_URL wins in plain mode.
+    REDIS_PASSWORD: str = ""
+    # Connections per process (0: 200 for the gateway, 50 for a worker); a command that finds
+    # them all busy waits up to REDIS_POOL_TIMEOUT_S for one instead of failing at once.
+    REDIS_MAX_CONNECTIONS: int = Field(0, ge=0)
+    REDIS_POOL_TIMEOUT_S: float = Field(5.0, gt=0)
+    # Sentinel mode only: writes that must survive the primary's death (turn numbers and
+    # fences, the client's text and actions) wait up to this long for REDIS_WAIT_REPLICAS
+    # replicas to acknowledge them (Redis WAIT). 0 replicas: never wait.
+    REDIS_WAIT_REPLICAS: int = Field(1, ge=0)
+    REDIS_WAIT_MS: int = Field(100, ge=1)
 
     # --- agent -------------------------------------------------------------------------
     AGENT_HOST: str = "localhost"
@@ -146,7 +162,21 @@ class Settings(BaseSettings):
     def _redis_url(self) -> Settings:
         if self.REDIS_URL and not self.REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        _ = self.redis_sentinels  # raises on a malformed REDIS_SENTINELS
         return self
+
+    @property
+    def redis_sentinels(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty when Sentinel mode is off."""
+        out: list[tuple[str, int]] = []
+        for item in (x.strip() for x in self.REDIS_SENTINELS.split(",")):
+            if not item:
+                continue
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"REDIS_SENTINELS: {item!r} is not host:port")
+            out.append((host, int(port)))
+        return out
 
     @property
     def redis_url(self) -> str:

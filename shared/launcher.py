@@ -51,8 +51,11 @@ def start_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
     if exe is None:
         raise SystemExit("redis-server not found: install it (apt-get install redis-server) "
                          "or point REDIS_URL / REDIS_HOST at a running Redis")
+    # AOF, fsynced every second: a redis-server that crashes and is started again on the same
+    # workdir loses at most the last second of writes (no RDB snapshots: the AOF is enough).
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", workdir],
+                             "--appendonly", "yes", "--appendfsync", "everysec",
+                             "--dir", workdir],
                             stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -392,8 +392,8 @@ class StageWorker:
                     continue
                 claimed = cast(list[tuple[bytes, Fields | None]], await self.r.xclaim(
                     part.stream, self.group, self.consumer, 0, strays))  # type: ignore[arg-type]
-            except TRANSIENT:
-                continue
+            except (*TRANSIENT, rexc.ResponseError):
+                continue  # Redis away, or back empty (NOGROUP: the read loop recreates it)
             log.warning("entries read by a former holder claimed back", stage=self.stage.value,
                         partition=part.n, entries=len(claimed))
             await self._dispatch(part, claimed)
@@ -432,6 +432,8 @@ class StageWorker:
 
     async def _recreate_groups(self) -> None:
         try:
+            # A copy: the balancer takes and drops partitions while this awaits Redis (each
+            # command retries with backoff for up to ~1 s while Redis comes back).
             for part in list(self.held.values()):
                 await ensure_group(self.r, part.stream, self.group)
         except TRANSIENT:

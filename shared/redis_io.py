@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import Any, cast
+from urllib.parse import urlparse
 
 import structlog
+from prometheus_client import Counter
 from redis import Redis as SyncRedis
 from redis import exceptions as rexc
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
+from redis.sentinel import Sentinel as SyncSentinel
+
+from shared.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -38,30 +46,135 @@ async def read_group(r: Redis, group: str, consumer: str, streams: dict[str, str
     return cast(StreamBatch, resp or [])
 
 
-def connect(url: str, *, name: str = "xrx") -> Redis:
-    """A client that retries transient failures with exponential backoff."""
-    return Redis.from_url(
-        url,
+# Connections per process when REDIS_MAX_CONNECTIONS is 0: the gateway serves hundreds of
+# sockets, each opening, closing and publishing on its own; a worker runs one read loop plus
+# its sessions' writes. redis-py's default (a non-blocking pool) refused the 101st caller.
+DEFAULT_MAX_CONNECTIONS = {"gateway": 200}
+WORKER_MAX_CONNECTIONS = 50
+# A connection idle this long is PINGed before it is used again, so one that died with a
+# Redis restart is replaced before a command is sent on it.
+HEALTH_CHECK_INTERVAL_S = 5
+
+# Replicas that must hold a "durable" write before it counts (see queue_wait), and how long to
+# wait for them; set by connect() in Sentinel mode, off otherwise (no cost without replicas).
+_wait: tuple[int, int] | None = None
+
+WAIT_SHORT = Counter("xrx_redis_wait_short_total",
+                     "Durable writes that fewer replicas acknowledged than REDIS_WAIT_REPLICAS "
+                     "within REDIS_WAIT_MS (a failover now would lose them)")
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel-managed pool that waits for a free connection instead of failing at once."""
+
+
+def _retry() -> Retry:
+    # redis.asyncio's Retry: the synchronous redis.retry.Retry, given to an asyncio client,
+    # returns the coroutine without awaiting it and never retries anything.
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+
+
+def _keepalive() -> dict[int, int]:
+    """Notice a peer that vanished without closing (a dead node) within ~10 s, not hours."""
+    opts = {}
+    for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            opts[getattr(socket, name)] = value
+    return opts
+
+
+def connect(settings: Settings, *, name: str = "xrx") -> Redis:
+    """The process's client: a blocking pool sized for it, transient failures retried with
+    exponential backoff, and in Sentinel mode the current primary followed across failovers."""
+    global _wait
+    max_connections = settings.REDIS_MAX_CONNECTIONS or DEFAULT_MAX_CONNECTIONS.get(
+        name, WORKER_MAX_CONNECTIONS)
+    common: dict[str, Any] = dict(
         decode_responses=False,
         client_name=name,
         socket_connect_timeout=3,
         # Longer than any blocking read here (5 s at most); redis-py's default is 5 s.
         socket_timeout=30,
         socket_keepalive=True,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        socket_keepalive_options=_keepalive(),
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=_retry(),
         retry_on_error=[rexc.ConnectionError, rexc.TimeoutError],
+        max_connections=max_connections,
+        timeout=settings.REDIS_POOL_TIMEOUT_S,
     )
+    if settings.REDIS_PASSWORD:
+        common["password"] = settings.REDIS_PASSWORD
+    sentinels = settings.redis_sentinels
+    if not sentinels:
+        if "password" in common and urlparse(settings.redis_url).password:
+            del common["password"]  # the URL's own password wins
+        pool = BlockingConnectionPool.from_url(settings.redis_url, **common)
+        return Redis.from_pool(pool)
+    _wait = (settings.REDIS_WAIT_REPLICAS, settings.REDIS_WAIT_MS) \
+        if settings.REDIS_WAIT_REPLICAS else None
+    # Asking the sentinels must be quick: a dead one is skipped for the next.
+    sentinel_kwargs: dict[str, Any] = dict(socket_timeout=1, socket_connect_timeout=1)
+    if settings.REDIS_PASSWORD:
+        sentinel_kwargs["password"] = settings.REDIS_PASSWORD
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+    # check_connection: PING a new connection, so one to a stale address fails here, retried.
+    return cast(Redis, manager.master_for(settings.REDIS_SENTINEL_MASTER, redis_class=Redis,
+                                          connection_pool_class=BlockingSentinelPool,
+                                          check_connection=True, **common))
 
 
-def connect_sync(url: str, *, name: str = "xrx") -> SyncRedis:
-    """A blocking client, for the one thing done off the event loop (lease renewal)."""
-    return SyncRedis.from_url(url, client_name=name, socket_connect_timeout=3,
-                              socket_timeout=3)
+def queue_wait(p: Pipeline) -> bool:
+    """Queue ``WAIT`` on ``p`` after a write that must survive the primary's death.
+
+    WAIT holds this connection until enough replicas acknowledged every write made before it
+    (replication is ordered, so that covers this pipeline and anything earlier). Only in
+    Sentinel mode; returns whether it was queued, so the caller checks the last result with
+    :func:`check_wait`.
+    """
+    if _wait is None:
+        return False
+    p.execute_command("WAIT", *_wait)
+    return True
+
+
+def check_wait(acked: Any) -> None:
+    if _wait is not None and int(acked) < _wait[0]:
+        WAIT_SHORT.inc()
+
+
+async def durable(p: Pipeline) -> list[Any]:
+    """Execute ``p`` (WAITing for the replicas in Sentinel mode); return its results without
+    the WAIT's."""
+    waited = queue_wait(p)
+    results = cast(list[Any], await p.execute())
+    if waited:
+        check_wait(results.pop())
+    return results
+
+
+def connect_sync(settings: Settings, *, name: str = "xrx") -> SyncRedis:
+    """A blocking client, for the one thing done off the event loop (lease renewal); in
+    Sentinel mode it follows the primary too."""
+    common: dict[str, Any] = dict(client_name=name, socket_connect_timeout=3, socket_timeout=3)
+    if settings.REDIS_PASSWORD:
+        common["password"] = settings.REDIS_PASSWORD
+    sentinels = settings.redis_sentinels
+    if not sentinels:
+        if "password" in common and urlparse(settings.redis_url).password:
+            del common["password"]
+        return SyncRedis.from_url(settings.redis_url, **common)
+    sentinel_kwargs: dict[str, Any] = dict(socket_timeout=1, socket_connect_timeout=1)
+    if "password" in common:
+        sentinel_kwargs["password"] = common["password"]
+    manager = SyncSentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+    return manager.master_for(settings.REDIS_SENTINEL_MASTER, redis_class=SyncRedis,
+                              check_connection=True, **common)
 
 
 @asynccontextmanager
-async def redis_client(url: str, *, name: str = "xrx") -> AsyncIterator[Redis]:
-    client = connect(url, name=name)
+async def redis_client(settings: Settings, *, name: str = "xrx") -> AsyncIterator[Redis]:
+    client = connect(settings, name=name)
     try:
         yield client
     finally:

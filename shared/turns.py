@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.leases import check_lease
+from shared.redis_io import durable
 
 # A new input starts turn N and kills every earlier turn (fence = N).
 _BEGIN_TURN = """
@@ -31,9 +32,17 @@ return n
 STATE_TTL_S = 24 * 3600
 
 
+# Both are durable writes (shared.redis_io.durable: WAIT for a replica in Sentinel mode): a
+# turn number is handed out, and the gateway raises its own fence with it, before anything
+# else is written. Lost in a failover, the counter would go back and every later turn would
+# fall below the fence the gateway holds, its replies dropped until the counter caught up.
+
+
 async def begin_turn(r: Redis, sid: str) -> int:
     check_lease()
-    n = await r.eval(_BEGIN_TURN, 2, keys.turn_counter(sid), keys.fence(sid), STATE_TTL_S)
+    async with r.pipeline(transaction=False) as p:
+        p.eval(_BEGIN_TURN, 2, keys.turn_counter(sid), keys.fence(sid), STATE_TTL_S)
+        (n,) = await durable(p)
     return int(n)
 
 
@@ -67,7 +76,9 @@ async def begin_turn_once(r: Redis, sid: str, source: TurnSource, mark: int) -> 
 async def kill_turns(r: Redis, sid: str) -> int:
     """Fence every turn started so far; return the last turn killed (0 when none)."""
     check_lease()
-    n = await r.eval(_KILL_TURNS, 2, keys.turn_counter(sid), keys.fence(sid), STATE_TTL_S)
+    async with r.pipeline(transaction=False) as p:
+        p.eval(_KILL_TURNS, 2, keys.turn_counter(sid), keys.fence(sid), STATE_TTL_S)
+        (n,) = await durable(p)
     return int(n)
 
 

@@ -49,10 +49,10 @@ async def _serve(stage: Stage, settings: Settings, setup: Setup) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-    r = connect(settings.redis_url, name=process_name(stage))
+    r = connect(settings, name=process_name(stage))
     consumer = consumer_name(settings)
     async with setup(settings, r) as factory:
-        keeper = connect_sync(settings.redis_url, name=f"{process_name(stage)}-lease")
+        keeper = connect_sync(settings, name=f"{process_name(stage)}-lease")
         worker = StageWorker(r, keeper, stage, consumer, factory, lease_ms=settings.LEASE_MS)
 
         async def ready() -> bool:

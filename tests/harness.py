@@ -48,21 +48,26 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 class RedisServer:
     """A private redis-server on a free port, which a test may kill and restart."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, password: str = "", args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="xrx-redis-")
+        self.password, self.args = password, args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         exe = shutil.which("redis-server")
         assert exe, "redis-server is not installed (.ci/run installs it)"
+        auth = ("--requirepass", self.password, "--masterauth", self.password) \
+            if self.password else ()
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir], stdout=subprocess.DEVNULL)
+             "--appendonly", "no", "--dir", self.dir, *auth, *self.args],
+            stdout=subprocess.DEVNULL)
         wait_port(self.port)
 
     def stop(self) -> None:
@@ -72,6 +77,104 @@ class RedisServer:
 
     def cleanup(self) -> None:
         self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelRedis:
+    """A primary, a replica of it and three sentinels watching them: real processes.
+
+    Sentinels notice a dead primary after ``down_after_ms`` and promote the replica; clients
+    find the primary by asking them (REDIS_SENTINELS, REDIS_SENTINEL_MASTER).
+    """
+
+    MASTER = "xrx"
+
+    def __init__(self, *, password: str = "s3cret", down_after_ms: int = 1000) -> None:
+        self.password = password
+        # No 5 s pause before the first full sync (the default lets more replicas join it).
+        fast = ("--repl-diskless-sync-delay", "0")
+        self.primary = RedisServer(password=password, args=fast)
+        self.replica = RedisServer(
+            password=password, args=(*fast, "--replicaof", "127.0.0.1", str(self.primary.port)))
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.dir = tempfile.mkdtemp(prefix="xrx-sentinel-")
+        self.down_after_ms = down_after_ms
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
+                "REDIS_SENTINEL_MASTER": self.MASTER, "REDIS_PASSWORD": self.password,
+                "REDIS_URL": "", "REDIS_HOST": ""}
+
+    def start(self) -> None:
+        exe = shutil.which("redis-sentinel") or shutil.which("redis-server")
+        assert exe, "redis-server is not installed (.ci/run installs it)"
+        self.primary.start()
+        self.replica.start()
+        for port in self.sentinel_ports:
+            conf = Path(self.dir) / f"sentinel-{port}.conf"  # sentinels rewrite their config
+            conf.write_text("\n".join([
+                f"port {port}", "bind 127.0.0.1", f"dir {self.dir}",
+                f"requirepass {self.password}",
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.primary.port} 2",
+                f"sentinel auth-pass {self.MASTER} {self.password}",
+                f"sentinel down-after-milliseconds {self.MASTER} {self.down_after_ms}",
+                f"sentinel failover-timeout {self.MASTER} 5000",
+                f"sentinel parallel-syncs {self.MASTER} 1", ""]))
+            self.sentinels.append(subprocess.Popen([exe, str(conf), "--sentinel"],
+                                                   stdout=subprocess.DEVNULL))
+        for port in self.sentinel_ports:
+            wait_port(port)
+
+    def ask(self, *command: str) -> str:
+        """A sentinel's answer to ``command`` (redis-cli against the first one alive)."""
+        for port in self.sentinel_ports:
+            out = subprocess.run(
+                ["redis-cli", "-p", str(port), "--no-auth-warning", "-a", self.password,
+                 *command], capture_output=True, text=True, timeout=5)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout
+        raise RuntimeError(f"no sentinel answered {command}")
+
+    def primary_port(self) -> int:
+        """The port of the node the sentinels currently name as primary."""
+        return int(self.ask("SENTINEL", "get-master-addr-by-name", self.MASTER).split()[1])
+
+    def wait_synced(self, timeout: float = 30.0) -> None:
+        """Until the replica is in sync and every sentinel knows it and the other sentinels
+        (a failover needs both)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.ask("SENTINEL", "master", self.MASTER).split()
+            fields = dict(zip(info[::2], info[1::2], strict=False))
+            link = subprocess.run(
+                ["redis-cli", "-p", str(self.replica.port), "--no-auth-warning", "-a",
+                 self.password, "INFO", "replication"], capture_output=True, text=True).stdout
+            if (fields.get("num-slaves") == "1" and fields.get("num-other-sentinels") == "2"
+                    and "master_link_status:up" in link):
+                return
+            time.sleep(0.2)
+        raise TimeoutError("the replica or the sentinels never got in touch")
+
+    def wait_failover(self, old_port: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.primary_port() != old_port:
+                    return
+            except RuntimeError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("the sentinels never promoted the replica")
+
+    def cleanup(self) -> None:
+        for proc in self.sentinels:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.primary.cleanup()
+        self.replica.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -16,6 +16,8 @@ from tests.harness import ROOT
     ({"SAMPLE_RATE": "8000"}, "only 16000 Hz"),
     ({"AGENT_PATH": "run"}, "must start with '/'"),
     ({"REDIS_URL": "localhost:6379"}, "REDIS_URL must start with"),
+    ({"REDIS_SENTINELS": "sentinel-0:26379,sentinel-1"}, "REDIS_SENTINELS: 'sentinel-1'"),
+    ({"REDIS_MAX_CONNECTIONS": "-1"}, "REDIS_MAX_CONNECTIONS"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
 ])
 def test_gateway_refuses_to_start_with_a_bad_setting(env: dict[str, str], expected: str) -> None:

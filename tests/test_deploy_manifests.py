@@ -28,7 +28,7 @@ from shared.keys import Stage
 from shared.worker import DEFAULT_HEALTH_PORTS
 
 ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "deploy" / "k8s"
+K8S = ROOT / "deploy" / "k8s" / "base"
 DOCKER = ROOT / "deploy" / "docker"
 COMPOSE = ROOT / "docker-compose.yml"
 
@@ -284,12 +284,12 @@ def test_gateway_is_websocket_friendly_and_reads_the_key_from_the_secret() -> No
 
 
 def test_services_select_a_deployment_and_target_its_ports() -> None:
-    deployments = by_name("Deployment")
+    workloads = [*of_kind("Deployment"), *of_kind("StatefulSet")]
     for name, svc in by_name("Service").items():
-        dep = deployments[name]
-        labels = dep["spec"]["template"]["metadata"]["labels"]
-        assert svc["spec"]["selector"].items() <= labels.items(), name
-        container = dep["spec"]["template"]["spec"]["containers"][0]
+        selected = [w for w in workloads if svc["spec"]["selector"].items()
+                    <= w["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(selected) == 1, name
+        container = selected[0]["spec"]["template"]["spec"]["containers"][0]
         for p in svc["spec"]["ports"]:
             port_number(container, p["targetPort"])  # raises for an unknown port
 
@@ -483,9 +483,9 @@ def test_lock_files_satisfy_pyproject_and_leave_torch_to_the_cpu_pin() -> None:
 def test_cloud_provider_overlay_selects_known_providers_and_keys_come_from_a_secret() -> None:
     from shared.config import STT_PROVIDER_KEYS, TTS_PROVIDER_KEYS
 
-    path = K8S / "overlays" / "cloud-providers" / "kustomization.yaml"
+    path = K8S.parent / "overlays" / "cloud-providers" / "kustomization.yaml"
     overlay = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert overlay["resources"] == ["../.."]
+    assert overlay["resources"] == ["../../base"]
     patches = {p["target"]["name"]: yaml.safe_load(p["patch"]) for p in overlay["patches"]}
     data = {op["path"].removeprefix("/data/"): op["value"] for op in patches["xrx-config"]}
     assert set(data) <= SETTINGS, "the ConfigMap patch sets only real settings"
@@ -500,3 +500,55 @@ def test_cloud_provider_overlay_selects_known_providers_and_keys_come_from_a_sec
     text = path.read_text(encoding="utf-8")
     for key in (STT_PROVIDER_KEYS[data["STT_PROVIDER"]], TTS_PROVIDER_KEYS[data["TTS_PROVIDER"]]):
         assert key in text, f"the overlay shows how to put {key} in the Secret"
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+REDIS_USERS = {"gateway", *WORKERS}
+
+
+def redis_conf(text: str) -> dict[str, str]:
+    pairs = (line.split(None, 1) for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith("#"))
+    return {k: v.strip() for k, v in pairs}
+
+
+def test_redis_persists_needs_the_password_and_never_evicts() -> None:
+    conf = redis_conf(by_name("ConfigMap")["xrx-redis-config"]["data"]["redis.conf"])
+    assert (conf["appendonly"], conf["appendfsync"]) == ("yes", "everysec")
+    assert conf["maxmemory-policy"] == "noeviction"  # full: writes fail, nothing vanishes
+    sts = by_name("StatefulSet")["redis"]
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert "--requirepass \"$REDIS_PASSWORD\"" in " ".join(container["args"])
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert env["REDIS_PASSWORD"]["name"] == "xrx-redis"
+    assert "REDIS_PASSWORD" in by_name("Secret")["xrx-redis"]["stringData"]
+    assert "REDIS_PASSWORD" not in config_map(), "the password never goes in the ConfigMap"
+    for dep, c in xrx_containers():
+        refs = [ref.get("secretRef", {}).get("name") for ref in c.get("envFrom", [])]
+        assert ("xrx-redis" in refs) == (command_of(c) in REDIS_USERS), dep["metadata"]["name"]
+
+
+def test_sentinel_overlay_points_every_process_at_the_sentinels() -> None:
+    path = K8S.parent / "overlays" / "sentinel" / "kustomization.yaml"
+    overlay = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert overlay["resources"] == ["../../base", "sentinel.yaml"]
+    [config] = [yaml.safe_load(p["patch"]) for p in overlay["patches"]
+                if p["target"]["name"] == "xrx-config"]
+    data = {**config_map()}
+    for op in config:
+        name = op["path"].removeprefix("/data/")
+        if op["op"] == "remove":
+            del data[name]
+        else:
+            data[name] = op["value"]
+    settings = Settings.model_validate({k: v for k, v in data.items() if k in SETTINGS})
+    with (path.parent / "sentinel.yaml").open(encoding="utf-8") as f:
+        docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(f)}
+    sentinels = docs[("StatefulSet", "redis-sentinel")]
+    service = sentinels["spec"]["serviceName"]
+    assert settings.redis_sentinels == [
+        (f"redis-sentinel-{i}.{service}", 26379) for i in range(sentinels["spec"]["replicas"])]
+    script = sentinels["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert f"sentinel monitor {settings.REDIS_SENTINEL_MASTER} " in script

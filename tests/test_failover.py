@@ -152,7 +152,12 @@ async def test_redis_restart_is_survived_with_a_clear_error_meanwhile(
         if any("pepperoni" in t.lower() for t in texts(got)):
             break
         assert time.monotonic() < deadline, summary(got)
-    await client.close()
+    # No new client is refused once it is back: the first use of every pooled connection
+    # (each dead since the restart) is retried on a fresh one.
+    fresh = await asyncio.gather(*[Client.connect(system.gateway_port) for _ in range(50)])
+    await asyncio.gather(*[turn(c, "hello") for c in fresh])
+    await asyncio.gather(*[c.close() for c in [client, *fresh]])
+
 
 
 async def test_a_replica_paused_past_its_lease_writes_nothing_when_it_wakes(
@@ -189,4 +194,23 @@ async def test_a_replica_paused_past_its_lease_writes_nothing_when_it_wakes(
         # Once by the replica that took over; the woken one was stopped by its lost lease.
         assert written.count(f"Part {i} of 8.") == 1, written
     await client.close()
+    await r.aclose()
+
+
+async def test_400_clients_connect_and_1000_close_at_once(system: TextSystem) -> None:
+    """The gateway's Redis pool waits for a free connection instead of refusing (503) a
+    client or leaving a session unclosed when hundreds arrive or leave together."""
+    r = aioredis.from_url(system.redis_url)
+    clients = await asyncio.gather(*[Client.connect(system.gateway_port) for _ in range(400)],
+                                   return_exceptions=True)
+    refused = [c for c in clients if not isinstance(c, Client)]
+    assert not refused, refused[:3]
+    clients += await asyncio.gather(*[Client.connect(system.gateway_port) for _ in range(600)])
+    assert len(await r.keys("xrx:{*}:session")) == 1000
+    await asyncio.gather(*[c.close() for c in clients if isinstance(c, Client)])
+    for _ in range(100):
+        if not await r.keys("xrx:{*}:session"):
+            break
+        await asyncio.sleep(0.1)
+    assert not await r.keys("xrx:{*}:session")  # every session closed, none left to the TTL
     await r.aclose()
