@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from gateway.metrics import AUTH_FAILURES, BAD_FRAMES, CONNECTIONS, FRAMES_IN
 from gateway.outlet import Outlet
 from gateway.placement import Placement
 from gateway.replies import ReplyReader, stop_task
+from shared import keys
 from shared.config import DEFAULT_API_KEY, Settings
 from shared.health import health_routes
 from shared.messages import (
@@ -39,6 +41,9 @@ from shared.redis_io import TRANSIENT, connect, ping
 log = structlog.get_logger(__name__)
 
 WS_PATH = "/api/v1/ws"
+# A key this gateway keeps in Redis: gone means Redis lost its data (checked every second).
+MARKER_CHECK_S = 1.0
+MARKER_TTL_S = 3600
 STATIC_DIR = Path(__file__).parent / "static"
 CLOSE_NORMAL = 1000
 CLOSE_NO_STATUS = 1005
@@ -70,26 +75,42 @@ class Gateway:
                 pass  # the client left meanwhile
 
     async def keep_sessions_alive(self) -> None:
+        """Refresh the records of this gateway's sessions every third of their TTL, and at
+        once when Redis comes back without its data (a marker key this gateway keeps has
+        vanished): the stages must know the sessions again before their next input."""
+        marker = keys.gateway_marker(self.gateway_id)
+        next_refresh = 0.0
         while True:
-            await asyncio.sleep(self.settings.SESSION_TTL_S / 3)
+            await asyncio.sleep(MARKER_CHECK_S)
             try:
-                lost, moved = await sessions.refresh_sessions(
-                    self.r, list(self.reader.outlets), self.settings.SESSION_TTL_S,
-                    self.gateway_id)
-                for sid in moved:
-                    # Resumed on another gateway while this connection looked alive.
-                    if (outlet := self.reader.outlets.get(sid)) is not None:
-                        await self._hand_off(outlet)
-                for sid in lost:
-                    # Redis restarted without its data: register the live session again so
-                    # the stages pick it up; the conversation history is gone with it.
-                    outlet = self.reader.outlets.get(sid)
-                    log.warning("session record lost, registering again", session_id=sid)
-                    await sessions.open_session(self.r, sid, self.gateway_id,
-                                                self.settings.SESSION_TTL_S,
-                                                last_turn=outlet.fence if outlet else 0)
+                emptied = await self.r.set(marker, "1", nx=True, ex=MARKER_TTL_S)
+                if not emptied and time.monotonic() < next_refresh:
+                    continue
+                next_refresh = time.monotonic() + self.settings.SESSION_TTL_S / 3
+                await self._refresh_sessions()
             except TRANSIENT as err:
                 log.warning("could not refresh sessions", error=str(err))
+
+    async def _refresh_sessions(self) -> None:
+        lost, moved = await sessions.refresh_sessions(
+            self.r, list(self.reader.outlets), self.settings.SESSION_TTL_S, self.gateway_id)
+        for sid in moved:
+            # Resumed on another gateway while this connection looked alive.
+            if (outlet := self.reader.outlets.get(sid)) is not None:
+                await self._hand_off(outlet)
+        for sid in lost:
+            # Redis restarted without its data: register the live session again so the
+            # stages pick it up; the conversation history is gone with it. One failure does
+            # not stop the others.
+            outlet = self.reader.outlets.get(sid)
+            log.warning("session record lost, registering again", session_id=sid)
+            try:
+                await sessions.open_session(self.r, sid, self.gateway_id,
+                                            self.settings.SESSION_TTL_S,
+                                            last_turn=outlet.fence if outlet else 0)
+            except TRANSIENT as err:
+                log.warning("could not register session again", session_id=sid,
+                            error=str(err))
 
     async def serve(self, ws: WebSocket) -> None:
         status = check_api_key(ws, self.settings.API_KEY)

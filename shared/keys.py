@@ -127,6 +127,11 @@ def stage_members(stage: Stage) -> str:
     return f"{PREFIX}:members:{stage.value}"
 
 
+def gateway_marker(gateway_id: str) -> str:
+    """A key a gateway keeps while it runs; when it vanishes, Redis lost its data."""
+    return f"{PREFIX}:gateway:{gateway_id}:alive"
+
+
 def session_keys(sid: str) -> list[str]:
     """Every key a session owns, for expiry when it closes."""
     keys = [session_record(sid), history(sid), history_marks(sid), agent_session(sid),
