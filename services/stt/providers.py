@@ -20,6 +20,7 @@ class SttOptions:
     model: str
     cpu_threads: int = DEFAULT_CPU_THREADS
     beam_size: int | None = None  # None: the provider's own default
+    window_s: int = 30  # shortest encoder window (Whisper's own: 30 s)
     # Cloud providers only.
     api_key: str = ""
     base_url: str = ""
@@ -36,7 +37,7 @@ class SttOptions:
                    cpu_threads=settings.STT_CPU_THREADS, beam_size=settings.STT_BEAM_SIZE,
                    api_key=getattr(settings, key_name) if key_name else "",
                    base_url=base_url, endpointing_ms=settings.DEEPGRAM_ENDPOINTING,
-                   timeout_s=settings.PROVIDER_TIMEOUT_S)
+                   timeout_s=settings.PROVIDER_TIMEOUT_S, window_s=settings.STT_WINDOW_S)
 
 
 def _faster_whisper(options: SttOptions) -> Transcriber:
@@ -49,7 +50,8 @@ def _faster_whisper(options: SttOptions) -> Transcriber:
 
     return FasterWhisperTranscriber.load(resolve_model_dir(options.model),
                                          cpu_threads=options.cpu_threads,
-                                         beam_size=options.beam_size or DEFAULT_BEAM_SIZE)
+                                         beam_size=options.beam_size or DEFAULT_BEAM_SIZE,
+                                         window_s=options.window_s)
 
 
 def _deepgram(options: SttOptions) -> StreamingTranscriber:

