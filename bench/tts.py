@@ -65,9 +65,9 @@ def run(quick: bool) -> BenchResult:
         "replies": {"short": {"text": SHORT, "audio_s": round(audio_s.get("short", 0), 3)},
                     "long": {"text": LONG, "audio_s": round(audio_s.get("long", 0), 3)}},
     }
-    result.notes.append("Replies are synthesised sentence by sentence: the first chunk is the "
-                        "first sentence, so a long reply's first audio depends on its first "
-                        "sentence only.")
+    result.notes.append("Replies are synthesised sentence by sentence, the first sentence's "
+                        "opening clause on its own (services/tts/text.py speech_pieces): a "
+                        "long reply's first audio depends on its first few words only.")
     result.notes.append("Published (offline-models.md, AMD EPYC, one core): RTF 0.045; first "
                         "audio of a 2-3 s sentence after 0.09-0.14 s warm.")
     return result

@@ -24,7 +24,7 @@ from services.tts import create_app as create_tts_app
 from services.tts import load_synthesizer
 from services.tts.cache import AudioCache, CacheKey
 from services.tts.protocols import Synthesizer
-from services.tts.text import split_sentences
+from services.tts.text import speech_pieces, split_sentences
 from shared.config import Settings
 from tests.speech_fixtures import noise, silence, synthesize_pcm16k
 
@@ -258,10 +258,11 @@ async def test_tts_splits_sentences_and_sends_first_audio_early(tts: TtsServer) 
     assert json.loads(done) == DONE
     print(f"\nTTS long reply: first audio {first_audio_s:.3f} s, done after {total_s:.3f} s "
           f"for {seconds(chunks):.1f} s of audio")
-    # Audio leaves sentence by sentence: the first one is not held back for the rest (the
-    # latency itself is measured by `make bench`, not asserted here).
+    # Audio leaves sentence by sentence, the first sentence's opening clause on its own:
+    # the first one is not held back for the rest (the latency itself is measured by
+    # `make bench`, not asserted here).
     blocks = [b async for b in tts.synthesizer.synthesize(text)]
-    assert len(blocks) == len(split_sentences(text)) > 1
+    assert len(blocks) == len(speech_pieces(text)) >= len(split_sentences(text)) > 1
 
 
 async def test_tts_cancel_stops_promptly_without_done(tts: TtsServer) -> None:
@@ -390,6 +391,18 @@ def test_sentence_splitting() -> None:
     assert split_sentences("One\n- two\n\nthree") == ["One", "- two", "three"]
     assert split_sentences('He said "stop." Then left.') == ['He said "stop."', "Then left."]
     assert split_sentences("  ") == []
+
+
+def test_the_first_clause_of_a_reply_is_spoken_on_its_own() -> None:
+    assert speech_pieces("Margherita is $8 small, $10 medium, and $12 large. Next one.") == [
+        "Margherita is $8 small,", "$10 medium, and $12 large.", "Next one."]
+    # Too short to be worth a pause: the first clause, or what would be left of the sentence.
+    assert speech_pieces("Yes, a large one. Okay, fine.") == ["Yes, a large one.",
+                                                              "Okay, fine."]
+    assert speech_pieces("I will add that, thanks.") == ["I will add that, thanks."]
+    assert speech_pieces("It costs 3,500 dollars at 10:30 today.") == [
+        "It costs 3,500 dollars at 10:30 today."]
+    assert speech_pieces("") == []
 
 
 def test_speech_fixtures_are_deterministic() -> None:

@@ -16,7 +16,7 @@ import structlog
 from piper import PiperConfig, PiperVoice, SynthesisConfig
 
 from services.tts.audio import float_to_pcm16
-from services.tts.text import split_sentences
+from services.tts.text import speech_pieces, split_sentences
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +87,7 @@ class PiperSynthesizer:
 
     async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         loop = asyncio.get_running_loop()
-        for sentence in split_sentences(text):
+        for sentence in speech_pieces(text):
             pcm = await loop.run_in_executor(self._executor, self.render_sentence, sentence)
             if pcm:
                 yield pcm
