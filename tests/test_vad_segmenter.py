@@ -18,7 +18,7 @@ import torch
 
 from vad_worker.batch_vad import BatchVad
 from vad_worker.engine import VadEngine
-from vad_worker.events import SpeechStarted, Utterance, VadEvent
+from vad_worker.events import SilenceStarted, SpeechStarted, Utterance, VadEvent
 from vad_worker.rechunk import WINDOW_BYTES, pcm_to_float, rechunk
 from vad_worker.segmenter import Segmenter, VadParams
 from vad_worker.state import SessionVadState
@@ -192,6 +192,46 @@ def test_utterance_has_preroll_tail_and_exact_audio() -> None:
     assert utt.start_ms == 20 * 32 - 300
     assert utt.end_ms == 40 * 32 + 150
     assert utt.pcm == stream[utt.start_ms * BYTES_PER_MS : utt.end_ms * BYTES_PER_MS]
+
+
+def tentative_ends(events: list[VadEvent]) -> list[SilenceStarted]:
+    return [e for e in events if isinstance(e, SilenceStarted)]
+
+
+def test_silence_starting_is_a_tentative_end_the_utterance_confirms() -> None:
+    events, stream = _feed([0.0] * 20 + [0.9] * 20 + [0.0] * 20)
+    (tentative,) = tentative_ends(events)
+    (utt,) = utterances(events)
+    assert events.index(tentative) < events.index(utt)
+    # Sent with the first window of silence, holding everything up to it.
+    assert tentative.voice_end_ms == 40 * 32
+    assert tentative.start_ms == utt.start_ms
+    assert tentative.pcm == stream[tentative.start_ms * BYTES_PER_MS : 41 * 32 * BYTES_PER_MS]
+    # The confirming utterance has the same bounds and adds only silence.
+    assert tentative.end_ms == utt.end_ms
+    assert utt.pcm.startswith(tentative.pcm)
+
+
+def test_voice_resuming_voids_a_tentative_end() -> None:
+    events, _ = _feed([0.0] * 20 + [0.9] * 20 + [0.0] * 3 + [0.9] * 10 + [0.0] * 20)
+    first, last = tentative_ends(events)
+    (utt,) = utterances(events)  # the pause was shorter than STT_WAIT_MS: one utterance
+    assert first.voice_end_ms == 40 * 32 and first.end_ms != utt.end_ms
+    assert (last.start_ms, last.end_ms) == (utt.start_ms, utt.end_ms)
+
+
+def test_no_tentative_end_without_enough_voice_or_past_a_short_window() -> None:
+    # Too little voice to be sent: nothing to transcribe ahead.
+    events, _ = _feed([0.0] * 5 + [0.9] * 3 + [0.0] * 20)
+    assert events == []
+    # A silence window shorter than the tail: the utterance ends where the window does.
+    events, _ = _feed([0.9] * 20 + [0.0] * 20, VadParams(silence_ms=64))
+    (tentative,) = tentative_ends(events)
+    (utt,) = utterances(events)
+    assert (tentative.start_ms, tentative.end_ms) == (utt.start_ms, utt.end_ms) == (0, 22 * 32)
+    # A window closing in the window that opened it: the utterance alone.
+    events, _ = _feed([0.9] * 20 + [0.0] * 5, VadParams(silence_ms=0))
+    assert tentative_ends(events) == [] and len(utterances(events)) == 1
 
 
 def test_hysteresis_holds_speech_between_thresholds() -> None:

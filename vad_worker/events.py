@@ -31,4 +31,22 @@ class Utterance:
     end_ms: int
 
 
-VadEvent = SpeechStarted | Utterance
+@dataclass(frozen=True, slots=True)
+class SilenceStarted:
+    """A tentative end: voice stopped in an utterance that has enough speech to be sent.
+
+    If the silence lasts ``silence_ms`` the :class:`Utterance` that follows has the same
+    ``start_ms`` and ``end_ms``, and audio that differs only in the tail of silence after
+    ``voice_end_ms`` (``pcm`` is the utterance so far); if the user talks again first, this
+    is void and a later SilenceStarted or Utterance supersedes it. STT can start on ``pcm``
+    while the silence window runs.
+    """
+
+    session_id: str
+    pcm: bytes
+    start_ms: int
+    end_ms: int
+    voice_end_ms: int
+
+
+VadEvent = SpeechStarted | SilenceStarted | Utterance

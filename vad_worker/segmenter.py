@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from vad_worker.events import SpeechStarted, Utterance, VadEvent
+from vad_worker.events import SilenceStarted, SpeechStarted, Utterance, VadEvent
 from vad_worker.rechunk import SAMPLE_BYTES, SAMPLE_RATE, WINDOW_SAMPLES
 from vad_worker.state import SessionVadState
 
@@ -140,6 +140,9 @@ class Segmenter:
             else:
                 if st.silence_start < 0:
                     st.silence_start = start
+                    tentative = self._tentative(st)
+                    if tentative is not None:
+                        events.append(tentative)
                 st.gap += end - start
                 if st.gap > self._max_gap:
                     st.run = 0
@@ -149,6 +152,8 @@ class Segmenter:
             events.append(SpeechStarted(st.session_id, _ms(end)))
 
         if st.silence_start >= 0 and end - st.silence_start >= self._silence:
+            if events and isinstance(events[-1], SilenceStarted):
+                events.pop()  # the silence window ended in the window that began it
             self._close(st, st.silence_start + self._tail, events)
         elif len(st.buffer) >= self._max_bytes:
             self._cut(st, events)
@@ -164,6 +169,18 @@ class Segmenter:
             cut = st.silence_start + self._tail if st.silence_start >= 0 else st.pos
             self._close(st, cut, events)
         return events
+
+    def _tentative(self, st: SessionVadState) -> SilenceStarted | None:
+        """The utterance as it would be sent if the silence that just began lasts."""
+        if not (st.voiced >= self._min_speech and st.voiced > 0):
+            return None
+        # Where _close will cut: the tail, or less when the window closing the silence
+        # comes first. Unless the buffer reaches max_utterance_ms before (then the
+        # Utterance's bounds differ and this tentative end goes unconfirmed).
+        closes_at = st.silence_start + -(-self._silence // WINDOW_SAMPLES) * WINDOW_SAMPLES
+        cut = min(st.silence_start + self._tail, closes_at)
+        return SilenceStarted(st.session_id, bytes(st.buffer), _ms(st.buf_start), _ms(cut),
+                              _ms(st.silence_start))
 
     def _emit(self, st: SessionVadState, pcm: bytes, events: list[VadEvent]) -> None:
         if st.voiced >= self._min_speech and st.voiced > 0:
