@@ -21,9 +21,11 @@ class Outbox:
     each message to the client in order, holding later ones while earlier ones are spoken.
     """
 
-    def __init__(self, r: Redis, sid: str, turn: int, modality: Modality) -> None:
+    def __init__(self, r: Redis, sid: str, turn: int, modality: Modality,
+                 voice_end_ms: int = 0) -> None:
         self.r, self.sid, self.turn, self.modality = r, sid, turn, modality
         self._outputs = 0
+        self._voice_end_ms = voice_end_ms  # goes with the first reply to speak only
 
     async def direct(self, reply: Reply) -> None:
         """Control signals: never held behind speech."""
@@ -49,10 +51,13 @@ class Outbox:
         async with self.r.pipeline(transaction=False) as p:
             p.get(keys.fence(self.sid))
             if self.modality == Modality.AUDIO:
+                voice_end_ms = self._voice_end_ms if speak else 0
+                if speak:
+                    self._voice_end_ms = 0
                 topology.send(p, Stage.TTS_BRIDGE, SpeakIn(
                     session_id=self.sid, kind=SpeakKind.SPEAK, turn=self.turn,
                     text=content if speak else "", user=User.AGENT, type=type_,
-                    content=content, seq=seq))
+                    content=content, seq=seq, voice_end_ms=voice_end_ms))
             else:
                 topology.reply(p, Reply(session_id=self.sid, turn=self.turn, user=User.AGENT,
                                         type=type_, content=content, seq=seq))

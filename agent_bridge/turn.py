@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from agent_bridge.agent_client import AgentClient, AgentUnavailable
 from agent_bridge.outbox import Outbox, TurnFenced
-from shared import keys, topology
+from shared import keys, latency, topology
 from shared.config import Settings
 from shared.history import (
     HistoryKind,
@@ -21,6 +21,7 @@ from shared.history import (
     queue_context,
     store_agent_session,
 )
+from shared.latency import Step
 from shared.messages import (
     AGENT_ERROR_REPLY,
     GUARDRAILS_REFUSAL,
@@ -49,7 +50,7 @@ class Turn:
     def __init__(self, r: Redis, settings: Settings, agent: AgentClient, sid: str,
                  entry: AgentInput) -> None:
         self.r, self.settings, self.agent, self.sid, self.entry = r, settings, agent, sid, entry
-        self.out = Outbox(r, sid, entry.turn, entry.modality)
+        self.out = Outbox(r, sid, entry.turn, entry.modality, entry.voice_end_ms)
         self.task_id = ""
         self._produced = asyncio.Event()
 
@@ -123,6 +124,8 @@ class Turn:
             async for event in stream.events():
                 if not self._produced.is_set():
                     FIRST_OUTPUT.observe(time.monotonic() - started)
+                    latency.observe(Step.AGENT_FIRST_OUTPUT, self.entry.voice_end_ms,
+                                    session_id=self.sid, turn=self.entry.turn)
                 self._produced.set()
                 if isinstance(event.get(AgentField.SESSION), dict):
                     await store_agent_session(self.r, self.sid, event[AgentField.SESSION])

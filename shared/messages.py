@@ -302,6 +302,8 @@ class AgentInput(Entry):
     content: str = ""
     action: dict[str, Any] | None = None
     modality: Modality = Modality.TEXT
+    # A spoken turn: wall clock (ms) when the user's voice stopped, for the latency breakdown.
+    voice_end_ms: int = 0
 
 
 @dataclasses.dataclass
@@ -319,6 +321,9 @@ class SpeechKind(StrEnum):
     STREAM = "stream"  # raw audio for a streaming STT provider
     SPEAKING = "speaking"  # the user started talking
     QUIET = "quiet"  # the user stopped talking at ``voice_end_ms`` and nothing was said
+    # A tentative end: the utterance so far, as it will be sent if the silence lasts
+    # STT_WAIT_MS (same start_ms and end_ms); STT may start on it.
+    TENTATIVE = "tentative"
     CLOSE = "close"
 
 
@@ -356,6 +361,7 @@ class SpeakIn(Entry):
     type: str = ""
     content: str = ""
     seq: int = 0
+    voice_end_ms: int = 0  # the first reply of a spoken turn: as AgentInput.voice_end_ms
 
 
 @dataclasses.dataclass

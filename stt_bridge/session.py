@@ -15,6 +15,7 @@ from shared.messages import STT_DOWN_REPLY, SpeechKind, UtteranceIn, error_reply
 from shared.ownership import Acker
 from shared.stage_session import QueuedSession
 from shared.ws_pool import ServiceUnavailable
+from stt_bridge.speculation import Speculation
 from stt_bridge.streaming import StreamingStt
 from stt_bridge.stt_client import SttClient
 from stt_bridge.transcripts import publish_transcript
@@ -41,6 +42,7 @@ class SttSession(QueuedSession[UtteranceIn]):
         self.r, self.stt = r, stt
         self.agent_wait_ms = agent_wait_ms
         self._held: list[str] = []  # transcripts waiting for the user to stop talking
+        self._held_voice_end_ms = 0  # when the voice of the last of them stopped
         # What the VAD said last about the user's voice, in stream order.
         self._speaking = False
         self._voice_end_ms = 0
@@ -48,6 +50,7 @@ class SttSession(QueuedSession[UtteranceIn]):
         self._stream: StreamingStt | None = None
         # Where each queued utterance starts (session audio ms), in queue order.
         self._queued_starts: deque[int] = deque()
+        self._speculation = Speculation(stt)
 
     def is_close(self, entry: UtteranceIn) -> bool:
         return entry.kind == SpeechKind.CLOSE
@@ -60,6 +63,8 @@ class SttSession(QueuedSession[UtteranceIn]):
                 self._speaking = entry.kind == SpeechKind.SPEAKING
                 self._voice_end_ms = entry.voice_end_ms or self._voice_end_ms
                 self._voice_changed.set()
+            case SpeechKind.TENTATIVE:
+                self._speculation.start(entry)
             case SpeechKind.UTTERANCE:
                 self._queued_starts.append(entry.start_ms)
                 self._speaking = False
@@ -70,6 +75,7 @@ class SttSession(QueuedSession[UtteranceIn]):
         return True
 
     async def stopped(self) -> None:
+        self._speculation.close()
         if self._stream is not None:
             await self._stream.aclose()
 
@@ -90,15 +96,18 @@ class SttSession(QueuedSession[UtteranceIn]):
     async def process(self, utt: UtteranceIn) -> None:
         if self._queued_starts:
             self._queued_starts.popleft()
+        text = await self._speculation.take(utt)
         try:
-            with STT_SECONDS.time():
-                text = await self.stt.transcribe(utt.pcm)
+            if text is None:
+                with STT_SECONDS.time():
+                    text = await self.stt.transcribe(utt.pcm)
         except ServiceUnavailable as err:
             await self._stt_down(str(err))
             return
         if text:
             TRANSCRIPTS.labels("ok").inc()
             self._held.append(text)
+            self._held_voice_end_ms = utt.voice_end_ms
         else:
             TRANSCRIPTS.labels("empty").inc()
             log.info("empty transcript dropped", start_ms=utt.start_ms, end_ms=utt.end_ms)
@@ -133,4 +142,5 @@ class SttSession(QueuedSession[UtteranceIn]):
                 pass
         if self._held:
             text, self._held = " ".join(self._held), []
-            await publish_transcript(self.r, self.sid, text, utterance_start_ms=utt.start_ms)
+            await publish_transcript(self.r, self.sid, text, utterance_start_ms=utt.start_ms,
+                                     voice_end_ms=self._held_voice_end_ms)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import structlog
 from redis.asyncio import Redis
 
-from shared import topology
+from shared import latency, topology
 from shared.keys import Stage
+from shared.latency import Step
 from shared.messages import AgentInput, InputKind, Modality, MsgType, Reply, User
 from shared.turns import TurnSource, begin_turn, begin_turn_once
 
@@ -14,10 +15,11 @@ log = structlog.get_logger(__name__)
 
 
 async def publish_transcript(r: Redis, sid: str, text: str, *,
-                             utterance_start_ms: int | None = None) -> int:
+                             utterance_start_ms: int | None = None, voice_end_ms: int = 0) -> int:
     """Start the transcript's turn and publish it; with ``utterance_start_ms`` (its last
     utterance's start), only once per utterance: a replica that took the session over and
-    transcribes again what its dead owner already published does nothing (returns 0)."""
+    transcribes again what its dead owner already published does nothing (returns 0).
+    ``voice_end_ms``: when the voice of a spoken turn stopped (0: unknown)."""
     if utterance_start_ms is None:
         turn = await begin_turn(r, sid)
     else:
@@ -33,6 +35,8 @@ async def publish_transcript(r: Redis, sid: str, text: str, *,
                                 content=text, fence=turn))
         topology.send(p, Stage.AGENT_BRIDGE,
                       AgentInput(session_id=sid, kind=InputKind.TRANSCRIPT, turn=turn,
-                                 content=text, modality=Modality.AUDIO))
+                                 content=text, modality=Modality.AUDIO,
+                                 voice_end_ms=voice_end_ms))
         await p.execute()
+    latency.observe(Step.TRANSCRIPT, voice_end_ms, session_id=sid, turn=turn)
     return turn

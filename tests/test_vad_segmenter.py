@@ -343,7 +343,14 @@ def test_two_sentences_with_a_pause_give_two_utterances(engine: VadEngine) -> No
     b_on = (len(silence(800) + a + silence(1000))) / BYTES_PER_MS
     assert utts[0].end_ms < b_on - 300
     assert utts[1].start_ms < b_on + extent_ms(b)[0] < utts[1].end_ms
-    assert [type(e) for e in events] == [SpeechStarted, Utterance] * 2
+    assert [type(e) for e in events if not isinstance(e, SilenceStarted)] == [
+        SpeechStarted, Utterance] * 2
+    # Each utterance was announced by a tentative end with its bounds, right before it.
+    for utt in utts:
+        before = events[events.index(utt) - 1]
+        assert isinstance(before, SilenceStarted)
+        assert (before.start_ms, before.end_ms) == (utt.start_ms, utt.end_ms)
+        assert utt.pcm.startswith(before.pcm)
 
 
 @pytest.mark.voice

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 import websockets
 
@@ -114,22 +116,42 @@ async def test_two_utterances_with_a_pause_give_two_turns(voice_system: TextSyst
     await client.close()
 
 
+@contextlib.contextmanager
+def stt_bridge_with(system: TextSystem, **env: str) -> Iterator[None]:
+    """The STT bridge replaced by one with ``env`` for the block, then the usual one again."""
+    usual = system.procs["stt-bridge"]
+    usual.terminate()
+    other = system.start("stt-bridge-other", "stt-bridge", **env)
+    try:
+        wait_ready(f"http://127.0.0.1:{other.env['HEALTH_PORT']}/readyz", timeout=60)
+        yield
+    finally:
+        other.terminate()
+        usual.start(wait_for_port=int(usual.env["HEALTH_PORT"]))
+        wait_ready(f"http://127.0.0.1:{usual.env['HEALTH_PORT']}/readyz", timeout=60)
+
+
 async def test_a_short_pause_mid_sentence_gives_one_message(voice_system: TextSystem) -> None:
-    # 450 ms of silence ends an utterance (STT_WAIT_MS is 250) but the user is talking again
-    # when its transcript is ready: as in the original, the words wait and join the next ones.
-    client = await Client.connect(voice_system.gateway_port)
-    pcm = (silence(300) + synthesize_pcm16k("I would like a large pepperoni") + silence(450)
-           + synthesize_pcm16k("and a small veggie pizza") + silence(1000))
-    sender = asyncio.create_task(stream(client, pcm, FRAME_30MS))
-    got = await client.until(lambda m: len(transcripts([m])) == 1, timeout=60)
-    await sender
-    got = await until_all_spoken(client, got)
-    said = transcripts(got)
-    assert len(said) == 1, summary(got)
-    assert "pepperoni" in said[0].lower() and "veggie" in said[0].lower(), said
-    assert [m["content"] for m in got if isinstance(m, dict)].count(
-        "agent_started_thinking") == 1, summary(got)
-    await client.close()
+    # 450 ms of silence (about 600 ms between the words, with piper's own edges) ends an
+    # utterance (STT_WAIT_MS is 250) and the user is talking again before they have been
+    # quiet for AGENT_WAIT_MS: as in the original, the words wait and join the next ones.
+    # AGENT_WAIT_MS is 1000 here: with the default 100 the transcript, ready about 300 ms
+    # after the voice stopped, becomes a message of its own, which is the original's rule
+    # too (at 100 ms the words used to join only because Whisper took 0.35-0.5 s longer).
+    with stt_bridge_with(voice_system, AGENT_WAIT_MS="1000"):
+        client = await Client.connect(voice_system.gateway_port)
+        pcm = (silence(300) + synthesize_pcm16k("I would like a large pepperoni") + silence(450)
+               + synthesize_pcm16k("and a small veggie pizza") + silence(1000))
+        sender = asyncio.create_task(stream(client, pcm, FRAME_30MS))
+        got = await client.until(lambda m: len(transcripts([m])) == 1, timeout=60)
+        await sender
+        got = await until_all_spoken(client, got)
+        said = transcripts(got)
+        assert len(said) == 1, summary(got)
+        assert "pepperoni" in said[0].lower() and "veggie" in said[0].lower(), said
+        assert [m["content"] for m in got if isinstance(m, dict)].count(
+            "agent_started_thinking") == 1, summary(got)
+        await client.close()
 
 
 async def test_barge_in_clears_audio_and_nothing_stale_follows(voice_system: TextSystem) -> None:

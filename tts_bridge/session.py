@@ -11,7 +11,8 @@ import structlog
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
-from shared import keys, topology
+from shared import keys, latency, topology
+from shared.latency import Step
 from shared.messages import (
     TTS_DOWN_REPLY,
     Reply,
@@ -109,7 +110,6 @@ class TtsSession(QueuedSession[SpeakIn]):
                 async for chunk in chunks:
                     if first:
                         FIRST_AUDIO.observe(loop.time() - started)
-                        first = False
                     self._played(len(chunk))
                     # Fenced is checked with every chunk: a barge-in handled by another
                     # replica silences this one within a chunk.
@@ -118,6 +118,10 @@ class TtsSession(QueuedSession[SpeakIn]):
                                                      pcm=chunk, seq=entry.seq,
                                                      chunk=chunks_sent), entry.turn):
                         return
+                    if first:
+                        first = False
+                        latency.observe(Step.TTS_FIRST_AUDIO, entry.voice_end_ms,
+                                        session_id=self.sid, turn=entry.turn)
         except ServiceUnavailable as err:
             SPOKEN.labels("tts_down").inc()
             log.warning("speech synthesis unavailable", error=str(err))

@@ -22,13 +22,15 @@ class Utterance:
     """One segment of speech for STT: s16le mono 16 kHz, pre-roll included.
 
     ``start_ms``/``end_ms`` bound exactly the audio in ``pcm``, on the session's audio clock
-    (milliseconds of audio received, not wall time).
+    (milliseconds of audio received, not wall time); ``voice_end_ms`` is where the voice
+    stopped on that clock (``end_ms`` for a cut with the voice still going).
     """
 
     session_id: str
     pcm: bytes
     start_ms: int
     end_ms: int
+    voice_end_ms: int = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -184,12 +184,10 @@ class Segmenter:
 
     def _emit(self, st: SessionVadState, pcm: bytes, events: list[VadEvent]) -> None:
         if st.voiced >= self._min_speech and st.voiced > 0:
-            start_ms = _ms(st.buf_start)
-            events.append(
-                Utterance(
-                    st.session_id, pcm, start_ms, _ms(st.buf_start + len(pcm) // SAMPLE_BYTES)
-                )
-            )
+            end = st.buf_start + len(pcm) // SAMPLE_BYTES
+            voice_end = st.silence_start if 0 <= st.silence_start < end else end
+            events.append(Utterance(st.session_id, pcm, _ms(st.buf_start), _ms(end),
+                                    _ms(voice_end)))
 
     def _close(self, st: SessionVadState, cut: int, events: list[VadEvent]) -> None:
         """End the utterance at sample ``cut``; what follows becomes pre-roll again."""

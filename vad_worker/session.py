@@ -21,7 +21,8 @@ from shared.keys import Stage
 from shared.messages import AudioIn, SpeechKind, UtteranceIn, error_reply
 from shared.ownership import Acker
 from shared.redis_io import Fields
-from vad_worker.events import SpeechStarted, Utterance, VadEvent
+from vad_worker.events import SilenceStarted, SpeechStarted, Utterance, VadEvent
+from vad_worker.speculation import tentative_entry, wall_ms
 from vad_worker.state import SessionVadState
 
 if TYPE_CHECKING:
@@ -169,7 +170,9 @@ class VadSession:
             topology.send(p, Stage.STT_BRIDGE,
                           UtteranceIn(session_id=self.sid, kind=SpeechKind.STREAM, pcm=pcm))
         for event in events:
-            if isinstance(event, Utterance) and not self.forward_audio:
+            if isinstance(event, SilenceStarted) and not self.forward_audio:
+                topology.send(p, Stage.STT_BRIDGE, tentative_entry(self.sid, self.state, event))
+            elif isinstance(event, Utterance) and not self.forward_audio:
                 log.info("utterance", session_id=self.sid, start_ms=event.start_ms,
                          end_ms=event.end_ms)
                 # One entry says both that the voice stopped and what was said: the STT
@@ -178,7 +181,7 @@ class VadSession:
                 topology.send(p, Stage.STT_BRIDGE, UtteranceIn(
                     session_id=self.sid, kind=SpeechKind.UTTERANCE, pcm=event.pcm,
                     start_ms=event.start_ms, end_ms=event.end_ms,
-                    voice_end_ms=self._voice_end_ms()))
+                    voice_end_ms=wall_ms(self.state, event.voice_end_ms)))
         self._report_speaking(p, speaking=self.state.triggered)
         self.uncheckpointed += processed_ids
         if self.state.pos - self._checkpointed_pos >= CHECKPOINT_EVERY_SAMPLES or events:
