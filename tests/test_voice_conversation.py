@@ -121,7 +121,7 @@ def stt_bridge_with(system: TextSystem, **env: str) -> Iterator[None]:
     """The STT bridge replaced by one with ``env`` for the block, then the usual one again."""
     usual = system.procs["stt-bridge"]
     usual.terminate()
-    other = system.start("stt-bridge-other", "stt-bridge", **env)
+    other = system.start("stt-bridge-other", "stt-bridge", None, **env)
     try:
         wait_ready(f"http://127.0.0.1:{other.env['HEALTH_PORT']}/readyz", timeout=60)
         yield
