@@ -4,6 +4,7 @@ VAD worker, STT bridge and service, agent bridge and demo agent, TTS bridge and 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +23,12 @@ FRAME_BYTES = 960  # 30 ms of 16 kHz s16le
 LEAD_MS, TAIL_MS = 300, 1000
 SPEECH_LEVEL = 328  # |sample| above -40 dBFS counts as speech when trimming piper's edges
 TURN_TIMEOUT_S = 60.0
+# The per-turn latency breakdown the stages log (shared/latency.py), in pipeline order.
+BREAKDOWN_LOGS = ("stt-bridge", "agent-bridge", "tts-bridge")
+STEP_EVENT = "voice turn step"
+STEPS = (("transcript", "transcript published"),
+         ("agent_first_output", "agent's first output"),
+         ("tts_first_audio", "first audio chunk published"))
 
 Done = Callable[[list[Message]], bool]
 Pred = Callable[[Message], bool]
@@ -171,7 +178,25 @@ def run(quick: bool) -> BenchResult:
     t0 = time.perf_counter()
     with voice_system() as system:
         result.details["startup_s"] = round(time.perf_counter() - t0, 2)
-        asyncio.run(_measure(system.gateway_port, utt, result, n, n_barge, warm_up=not quick))
+
+        def breakdown() -> None:
+            """The stages' own 'voice turn step' log lines of the spoken turns."""
+            steps: dict[str, list[float]] = {}
+            for name in BREAKDOWN_LOGS:
+                for line in system.procs[name].log_path.read_text(errors="replace").split("\n"):
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(rec, dict) and rec.get("event") == STEP_EVENT:
+                        steps.setdefault(rec["step"], []).append(float(rec["since_voice_end_ms"]))
+            for step, label in STEPS:
+                samples = steps.get(step, [])[0 if quick else 1:]  # not the warm-up turn
+                result.figure(f"server_{step}_ms", f"server: end of voice -> {label}",
+                              "ms").samples.extend(samples)
+
+        asyncio.run(_measure(system.gateway_port, utt, result, n, n_barge, warm_up=not quick,
+                             after_turns=breakdown))
     result.details.update({
         "question": QUESTION, "speech_s": round(utt.speech_s, 3), "lead_silence_ms": LEAD_MS,
         "trailing_silence_ms": TAIL_MS, "frame_ms": 30, "turns": n, "barge_ins": n_barge,
@@ -180,6 +205,16 @@ def run(quick: bool) -> BenchResult:
                         "the last 30 ms frame holding speech is sent (piper's own silent edges "
                         "trimmed), before the 1 s of trailing silence, so the figures include "
                         "the VAD's end-of-utterance wait.")
+    result.notes.append("Server rows: the stages' own per-turn breakdown (shared/latency.py), "
+                        "from the end of the voice as the VAD dates it on its audio clock; "
+                        "the client rows add the reply path to the client and the VAD's "
+                        "own delay in taking the audio (the server clock starts when the VAD "
+                        "has the audio, the client clock when it was sent).")
+    result.notes.append("The demo agent answers every turn with the same first sentence, so "
+                        "from the second turn on the TTS service serves it from its memory "
+                        "cache: the first audio figure leaves out synthesis. An uncached "
+                        "reply adds the TTS figure 'time to first audio chunk' (short reply) "
+                        "of the same run.")
     result.notes.append("Barge-in: while the agent speaks the [stream=10] reply, the same "
                         "question is spoken; the clock starts with the first speech frame sent, "
                         "so the figure includes BARGE_IN_MIN_MS of speech (250 ms by default).")
@@ -187,7 +222,7 @@ def run(quick: bool) -> BenchResult:
 
 
 async def _measure(port: int, utt: Utterance, result: BenchResult, n: int, n_barge: int,
-                   warm_up: bool) -> None:
+                   warm_up: bool, after_turns: Callable[[], None]) -> None:
     failures = 0
     if warm_up:
         await spoken_turn(port, utt)
@@ -203,6 +238,7 @@ async def _measure(port: int, utt: Utterance, result: BenchResult, n: int, n_bar
                       "ms").samples.append(1000 * times["first_text"])
         result.figure("first_audio_ms", "end of speech -> first audio frame",
                       "ms").samples.append(1000 * times["first_audio"])
+    after_turns()
     for _ in range(n_barge):
         try:
             reaction = await barge_in(port, utt)

@@ -209,6 +209,23 @@ async def test_stt_serves_connections_concurrently(stt_url: str) -> None:
     assert "cheese" in second.lower()
 
 
+def test_stt_short_window_loops_are_decoded_again_on_the_full_window() -> None:
+    # A 1 s minimum window is far too short for tiny.en: it loops ("Yes. Yes. Yes. Yes.",
+    # "Can I get extra cheese? Can I get extra"), and those decodes are redone on 30 s.
+    from services.stt.whisper_provider import (
+        FasterWhisperTranscriber,
+        looks_like_a_loop,
+        resolve_model_dir,
+    )
+
+    short = FasterWhisperTranscriber.load(resolve_model_dir("tiny.en"), window_s=1)
+    for text in ("Yes.", "Can I get extra cheese?", "Can I have a large pepperoni?"):
+        heard = short.transcribe_sync(silence(300) + synthesize_pcm16k(text) + silence(150))
+        assert heard.lower().rstrip(".?") == text.lower().rstrip(".?"), heard
+    assert looks_like_a_loop("Yes. Yes. Yes. Yes.") and looks_like_a_loop("a b c a b c")
+    assert not looks_like_a_loop("It is what it is.") and not looks_like_a_loop("Yes, yes.")
+
+
 def test_stt_unknown_provider_fails_at_start() -> None:
     settings = Settings.model_validate({"STT_PROVIDER": "nope"})
     with pytest.raises(ValueError, match="faster_whisper"):

