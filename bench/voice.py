@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
 import numpy as np
 
 from bench.common import BenchResult
+from shared.latency import STEP_EVENT, Step
 from tests.harness import Client, Message
 
 NAME = "voice"
@@ -25,10 +27,10 @@ SPEECH_LEVEL = 328  # |sample| above -40 dBFS counts as speech when trimming pip
 TURN_TIMEOUT_S = 60.0
 # The per-turn latency breakdown the stages log (shared/latency.py), in pipeline order.
 BREAKDOWN_LOGS = ("stt-bridge", "agent-bridge", "tts-bridge")
-STEP_EVENT = "voice turn step"
-STEPS = (("transcript", "transcript published"),
-         ("agent_first_output", "agent's first output"),
-         ("tts_first_audio", "first audio chunk published"))
+SPECULATION_METRIC = "xrx_stt_speculations_total"
+STEPS = ((Step.TRANSCRIPT, "transcript published"),
+         (Step.AGENT_FIRST_OUTPUT, "agent's first output"),
+         (Step.TTS_FIRST_AUDIO, "first audio chunk published"))
 
 Done = Callable[[list[Message]], bool]
 Pred = Callable[[Message], bool]
@@ -192,8 +194,14 @@ def run(quick: bool) -> BenchResult:
                         steps.setdefault(rec["step"], []).append(float(rec["since_voice_end_ms"]))
             for step, label in STEPS:
                 samples = steps.get(step, [])[0 if quick else 1:]  # not the warm-up turn
-                result.figure(f"server_{step}_ms", f"server: end of voice -> {label}",
+                result.figure(f"server_{step.value}_ms", f"server: end of voice -> {label}",
                               "ms").samples.extend(samples)
+            health = system.procs["stt-bridge"].env["HEALTH_PORT"]
+            metrics = httpx.get(f"http://127.0.0.1:{health}/metrics", timeout=5).text
+            result.details["speculative_transcriptions"] = {
+                line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith(SPECULATION_METRIC + "{")}
 
         asyncio.run(_measure(system.gateway_port, utt, result, n, n_barge, warm_up=not quick,
                              after_turns=breakdown))

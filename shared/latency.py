@@ -21,6 +21,8 @@ class Step(StrEnum):
     TTS_FIRST_AUDIO = "tts_first_audio"  # the TTS bridge publishes the first audio chunk
 
 
+# The log line each step writes (make bench reads them back).
+STEP_EVENT = "voice turn step"
 SINCE_VOICE_END = Histogram(
     "xrx_voice_turn_seconds", "End of the user's voice to each step of a spoken turn",
     ["step"], buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0))
@@ -32,5 +34,5 @@ def observe(step: Step, voice_end_ms: int, *, session_id: str, turn: int) -> Non
         return
     elapsed_s = max(0.0, time.time() - voice_end_ms / 1000)
     SINCE_VOICE_END.labels(step).observe(elapsed_s)
-    log.info("voice turn step", step=step.value, since_voice_end_ms=round(elapsed_s * 1000),
+    log.info(STEP_EVENT, step=step.value, since_voice_end_ms=round(elapsed_s * 1000),
              session_id=session_id, turn=turn)

@@ -40,8 +40,9 @@ SILENCE_DBFS = -60.0
 # Whisper encodes a fixed 30 s window (about 0.35 s of CPU with tiny.en, whatever the
 # utterance's length); a shorter, zero-padded window costs proportionally less. Too short a
 # window makes tiny.en loop ("Yes. Yes. Yes."): below 8 s the fixtures' WER jumps, at 10 s it
-# is no worse than 30 s (bench/stt.py measures both). The utterance always gets this much
-# silence after it, and a decode that still looks like a loop is redone on the full window.
+# is no worse than 30 s (bench/stt.py measures both). The utterance always gets at least
+# WINDOW_MARGIN_S of silence after it, and a decode that looks like a loop is redone on the
+# full window.
 FULL_WINDOW_S = 30
 WINDOW_MARGIN_S = 2.0
 # A token budget no real speech reaches (about 3 words, 4-5 tokens, per second): a loop
