@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     STT_BEAM_SIZE: int = Field(5, ge=1)
     # Whisper's encoder window for utterances shorter than this (30 = its full window).
     STT_WINDOW_S: int = Field(10, ge=1, le=30)
+    # Transcribe when the silence starts, use it when STT_WAIT_MS confirms the end.
+    STT_SPECULATIVE: bool = True
     VAD_THRESHOLD: float = Field(0.5, gt=0, lt=1)
     VAD_MIN_SPEECH_MS: int = Field(250, ge=0)
     VAD_PREROLL_MS: int = Field(300, ge=0)

@@ -232,6 +232,9 @@ def test_no_tentative_end_without_enough_voice_or_past_a_short_window() -> None:
     # A window closing in the window that opened it: the utterance alone.
     events, _ = _feed([0.9] * 20 + [0.0] * 5, VadParams(silence_ms=0))
     assert tentative_ends(events) == [] and len(utterances(events)) == 1
+    # Switched off (STT_SPECULATIVE=false).
+    events, _ = _feed([0.9] * 20 + [0.0] * 20, VadParams(tentative_ends=False))
+    assert tentative_ends(events) == [] and len(utterances(events)) == 1
 
 
 def test_hysteresis_holds_speech_between_thresholds() -> None:

@@ -37,6 +37,7 @@ class VadSettings(Protocol):
     STT_WAIT_MS: int
     VAD_MAX_UTTERANCE_MS: int
     BARGE_IN_MIN_MS: int
+    STT_SPECULATIVE: bool
 
 
 def _ms(samples: int) -> int:
@@ -60,6 +61,8 @@ class VadParams:
       before SpeechStarted is sent.
     - ``tail_ms`` (150): silence kept after the last voice, so soft word endings are not
       clipped; the rest of the closing silence is not sent to STT.
+    - ``tentative_ends`` (STT_SPECULATIVE, true): send SilenceStarted when silence begins
+      in an utterance, so STT can start before the end is certain.
     """
 
     threshold: float = 0.5
@@ -69,6 +72,7 @@ class VadParams:
     max_utterance_ms: int = 15_000
     barge_in_min_ms: int = 250
     tail_ms: int = 150
+    tentative_ends: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -88,6 +92,7 @@ class VadParams:
             silence_ms=s.STT_WAIT_MS,
             max_utterance_ms=s.VAD_MAX_UTTERANCE_MS,
             barge_in_min_ms=s.BARGE_IN_MIN_MS,
+            tentative_ends=s.STT_SPECULATIVE,
         )
 
 
@@ -172,7 +177,7 @@ class Segmenter:
 
     def _tentative(self, st: SessionVadState) -> SilenceStarted | None:
         """The utterance as it would be sent if the silence that just began lasts."""
-        if not (st.voiced >= self._min_speech and st.voiced > 0):
+        if not (self.params.tentative_ends and st.voiced >= self._min_speech and st.voiced > 0):
             return None
         # Where _close will cut: the tail, or less when the window closing the silence
         # comes first. Unless the buffer reaches max_utterance_ms before (then the
