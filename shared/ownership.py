@@ -381,11 +381,15 @@ class StageWorker:
         within a renewal period, its read returns within a block."""
         for delay in (self.lease_ms / 1000, self.lease_ms / 500):
             await asyncio.sleep(delay)
-            if self.held.get(part.n) is not part:
+            # Only as the holder in good standing: a replica that has itself lost the lease
+            # without knowing yet must not take entries from the one that has it now.
+            if self.held.get(part.n) is not part or not part.lease.valid():
                 return
             try:
+                # Strays sit untouched; what another replica is working on right now does not.
                 pending = cast(list[dict[str, bytes]], await self.r.xpending_range(
-                    part.stream, self.group, "-", "+", READ_COUNT))
+                    part.stream, self.group, "-", "+", READ_COUNT,
+                    idle=self.lease_ms // 2))
                 strays: list[bytes] = [p["message_id"] for p in pending
                                        if p["consumer"].decode() != self.consumer]
                 if not strays:
