@@ -13,13 +13,22 @@ from shared import keys
 from shared.leases import check_lease
 
 # Appends once per (kind, turn): a turn handled again after a failover appends nothing new.
+# Then keeps only the newest ARGV[3] messages: the agent is sent the last MAX_AGENT_MESSAGES,
+# and a long call must not grow its history (and Redis) without bound.
 _APPEND_ONCE = """
 local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if tonumber(ARGV[2]) <= last then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-for i = 3, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
 return 1
 """
+
+
+def history_kept(max_agent_messages: int) -> int:
+    """Messages a session's history keeps: what the agent is sent plus as many again, so a
+    replica started with a larger MAX_AGENT_MESSAGES still finds a full window."""
+    return 2 * max_agent_messages
 
 
 class HistoryKind(StrEnum):
@@ -28,13 +37,14 @@ class HistoryKind(StrEnum):
 
 
 async def append_history(r: Redis, sid: str, kind: HistoryKind, turn: int,
-                         *messages: dict[str, Any]) -> bool:
-    """Append ``messages`` unless this turn already appended its ``kind``."""
+                         *messages: dict[str, Any], keep: int) -> bool:
+    """Append ``messages`` unless this turn already appended its ``kind``; keep the newest
+    ``keep`` (see :func:`history_kept`)."""
     check_lease()
     if not messages:
         return False
     done = await r.eval(_APPEND_ONCE, 2, keys.history(sid), keys.history_marks(sid), kind,
-                        turn, *(json.dumps(m) for m in messages))
+                        turn, keep, *(json.dumps(m) for m in messages))
     return bool(done)
 
 
