@@ -46,6 +46,7 @@ from bench.pipeline_load import (
     turn_stats,
     write_standalone,
 )
+from shared import topology
 from shared.session_record import CLOSED_KEYS_TTL_S
 
 NAME = "soak"
@@ -66,6 +67,7 @@ class Sample:
     started: int
     redis_mb: float
     redis_keys: int
+    reply_entries: int
     rss: dict[str, float]
 
 
@@ -92,7 +94,10 @@ class Churn:
         ids = list(range(self.started, self.started + n))
         self.started += n
         self.connected += n
-        seconds = self.rng.uniform(*self.life_s)
+        # Whole cycles: a session's last utterance is followed by its silence, so it ends
+        # (and is answered) before the session leaves.
+        seconds = self.cycle.seconds * max(1, round(self.rng.uniform(*self.life_s)
+                                                    / self.cycle.seconds))
         cfg = {"port": self.system.gateway_port, "path": f"/api/v1/ws?api_key={API_KEY}",
                "pcm_path": str(self.pcm_path), "frame_bytes": FRAME_BYTES,
                "last_voiced_frame": self.cycle.last_voiced_frame, "seconds": seconds,
@@ -123,6 +128,14 @@ async def redis_figures(r: aioredis.Redis) -> tuple[float, int]:
     return int(mem["used_memory"]) / 2**20, int(await r.dbsize())
 
 
+async def reply_entries(r: aioredis.Redis) -> int:
+    """Entries in the reply partitions: they grow to ``REPLY_MAXLEN`` each, then stay."""
+    async with r.pipeline(transaction=False) as p:
+        for stream in topology.reply_streams():
+            p.xlen(stream)
+        return sum(int(n) for n in await p.execute())
+
+
 async def key_kinds(r: aioredis.Redis) -> dict[str, int]:
     """Keys left, by shape: session ids and partition numbers folded."""
     kinds: Counter[str] = Counter()
@@ -133,6 +146,7 @@ async def key_kinds(r: aioredis.Redis) -> dict[str, int]:
 
 async def soak(seconds: float, target: int, life_s: tuple[float, float],
                sample_s: float, seed: int) -> dict[str, Any]:
+    commit = report.git_commit()  # at the start: the tree may move during a long run
     cycle = Cycle.make()
     rng = random.Random(seed)
     samples: list[Sample] = []
@@ -150,7 +164,7 @@ async def soak(seconds: float, target: int, life_s: tuple[float, float],
                 if now >= next_sample:
                     mb, n_keys = await redis_figures(r)
                     samples.append(Sample(now - t0, churn.connected, churn.started, mb, n_keys,
-                                          {k: v for k, p in pids.items()
+                                          await reply_entries(r), {k: v for k, p in pids.items()
                                            if (v := rss_mb(p)) is not None}))
                     next_sample += sample_s
                 await asyncio.sleep(WAVE_S)
@@ -162,11 +176,13 @@ async def soak(seconds: float, target: int, life_s: tuple[float, float],
             mb_after, keys_after = await redis_figures(r)
             rss_after = {k: v for k, p in pids.items() if (v := rss_mb(p)) is not None}
             kinds_after = await key_kinds(r)
+            replies_after = await reply_entries(r)
         finally:
             for task in list(churn.tasks):
                 task.cancel()
             await r.aclose()
-    return {"seconds": seconds, "target": target, "life_s": list(life_s), "seed": seed,
+    return {"git_commit": commit, "seconds": seconds, "target": target,
+            "life_s": list(life_s), "seed": seed,
             "sessions": churn.started, "connect_failures": churn.connect_failures,
             "drain_s": round(ended - t0 - seconds, 1),
             "turns": {k: v for k, v in turn_stats(churn.outs, WARMUP_S).items()
@@ -176,6 +192,7 @@ async def soak(seconds: float, target: int, life_s: tuple[float, float],
             "at_end": {"redis_mb": round(mb_end, 2), "redis_keys": keys_end},
             "after_last_client": {"wait_s": AFTER_S, "redis_mb": round(mb_after, 2),
                                   "redis_keys": keys_after, "keys": kinds_after,
+                                  "reply_entries": replies_after,
                                   "rss": {k: round(v, 1) for k, v in rss_after.items()}}}
 
 
@@ -204,18 +221,19 @@ def table(run: dict[str, Any]) -> list[str]:
              f"{fmt(run['turns']['p50_ms'])} ms, p99 {fmt(run['turns']['p99_ms'])} ms, "
              f"{run['connect_failures']} connect failures.", "",
              "| t min | connected | sessions so far | Redis used_memory MB | Redis keys | "
-             + " | ".join(f"{n} RSS MB" for n in names) + " |",
-             "|---:|---:|---:|---:|---:|" + "---:|" * len(names)]
+             "reply entries | " + " | ".join(f"{n} RSS MB" for n in names) + " |",
+             "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(names)]
     rows = samples[::step]
     if samples and rows[-1] is not samples[-1]:
         rows.append(samples[-1])
     for s in rows:
         lines.append(f"| {s['t'] / 60:.1f} | {s['connected']} | {s['started']} | "
-                     f"{s['redis_mb']:.1f} | {s['redis_keys']} | "
+                     f"{s['redis_mb']:.1f} | {s['redis_keys']} | {s['reply_entries']} | "
                      + " | ".join(fmt(s["rss"].get(n, math.nan)) for n in names) + " |")
     after = run["after_last_client"]
     lines.append(f"| {after['wait_s']} s after the last client | 0 | {run['sessions']} | "
                  f"{after['redis_mb']:.1f} | {after['redis_keys']} | "
+                 f"{after['reply_entries']} | "
                  + " | ".join(fmt(after["rss"].get(n, math.nan)) for n in names) + " |")
     first, last = steady(samples)
 
@@ -253,7 +271,6 @@ def result_from(run: dict[str, Any]) -> BenchResult:
     result.figure("redis_keys_after", "Redis keys left after the last client",
                   "keys").samples = [run["after_last_client"]["redis_keys"]]
     result.details.update({
-        "git_commit": report.git_commit(),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         **{k: v for k, v in run.items() if k not in ("samples", "latencies_ms")},
         "table": table(run)})
