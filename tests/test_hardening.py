@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import cast
@@ -19,7 +20,7 @@ from gateway.outage import AUDIO_UNAVAILABLE, AVAILABLE_AGAIN
 from shared import keys
 from shared.history import history_kept
 from tests.conftest import TextSystem, make_env
-from tests.harness import Client, RedisServer, is_signal, summary, texts
+from tests.harness import Client, RedisServer, is_signal, summary, texts, wait_ready
 
 ENDED = "agent_ended_thinking"
 MAX_AGENT_MESSAGES = 3
@@ -189,3 +190,40 @@ async def test_redis_outage_is_told_once_per_session_and_once_when_back(
         notices = [(m["type"], m["content"]) for m in s.messages]
         # About 130 frames each were lost: one message said so, one said it was over.
         assert notices == [("error", AUDIO_UNAVAILABLE), ("info", AVAILABLE_AGAIN)], (i, notices)
+
+
+# --- the VAD falling behind -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vad_system(redis_server: RedisServer) -> Iterator[TextSystem]:
+    """A gateway and one VAD worker that sheds audio older than half a second."""
+    env = make_env(redis_server, 9, GUARDRAILS_AGENT_HOST="", VAD_MAX_LAG_MS="500")
+    system = TextSystem(redis_server, 9, env)
+    try:
+        system.start("vad-worker", "vad-worker")
+        system.start("gateway", "gateway", system.gateway_port)
+        wait_ready(f"http://127.0.0.1:{system.procs['vad-worker'].env['HEALTH_PORT']}/readyz",
+                   timeout=120)
+        yield system
+    finally:
+        system.stop_all()
+
+
+@pytest.mark.voice
+async def test_a_stalled_vad_tells_the_client_once_per_episode(vad_system: TextSystem) -> None:
+    vad = vad_system.procs["vad-worker"].proc
+    assert vad is not None
+    streamer = Streamer(await Client.connect(vad_system.gateway_port))
+    await asyncio.sleep(1.5)
+    for _ in range(2):
+        # Two seconds of audio pile up; when the VAD wakes, all of it is too late.
+        vad.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(2.0)
+        vad.send_signal(signal.SIGCONT)
+        await asyncio.sleep(3.0)  # caught up: live again
+    await streamer.stop()
+    shed = [m for m in streamer.messages if "arrived too late" in m.get("content", "")]
+    # About 60 entries were dropped per stall: one message for each.
+    assert len(shed) == 2, summary(streamer.messages)
+    assert all(m["user"] == "system" and m["type"] == "error" for m in shed)
