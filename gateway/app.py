@@ -146,7 +146,6 @@ class Gateway:
             if opening:
                 await asyncio.shield(self._discard(opening[0]))
         with structlog.contextvars.bound_contextvars(session_id=sid):
-            await ws.accept()
             CONNECTIONS.inc()
             log.info("session opened", client=str(ws.client), resumed=resumed)
             outlet = Outlet(sid, ws, with_ids=req.session_info)

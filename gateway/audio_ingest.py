@@ -58,11 +58,13 @@ class AudioIngest:
             for sid, pcm in batch:
                 by_session.setdefault(sid, []).append(pcm)
             try:
-                async with self.r.pipeline(transaction=False) as p:
-                    for sid, frames in by_session.items():
-                        topology.send(p, Stage.VAD, AudioIn(session_id=sid,
-                                                            pcm=b"".join(frames)))
-                    await p.execute()
+                try:
+                    await self._write(by_session)
+                except TRANSIENT:
+                    # Once more at once: a pooled connection that went stale while Redis
+                    # restarted fails on first use, and that is no reason to lose audio (or
+                    # to tell the client so). A real outage fails again.
+                    await self._write(by_session)
             except TRANSIENT as err:
                 log.warning("redis unavailable, audio frames lost", frames=len(batch),
                             error=str(err))
@@ -74,3 +76,9 @@ class AudioIngest:
             # entry per session joining a frame or two, which halves what every step
             # downstream pays per entry, at a cost of 20 ms of latency on average.
             await asyncio.sleep(max(0.0, started + WRITE_INTERVAL_S - loop.time()))
+
+    async def _write(self, by_session: dict[str, list[bytes]]) -> None:
+        async with self.r.pipeline(transaction=False) as p:
+            for sid, frames in by_session.items():
+                topology.send(p, Stage.VAD, AudioIn(session_id=sid, pcm=b"".join(frames)))
+            await p.execute()

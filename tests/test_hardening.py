@@ -198,7 +198,9 @@ async def test_redis_outage_is_told_once_per_session_and_once_when_back(
 @pytest.fixture(scope="module")
 def vad_system(redis_server: RedisServer) -> Iterator[TextSystem]:
     """A gateway and one VAD worker that sheds audio older than half a second."""
-    env = make_env(redis_server, 9, GUARDRAILS_AGENT_HOST="", VAD_MAX_LAG_MS="500")
+    # A lease far longer than the stalls below: this is about lag, not a takeover.
+    env = make_env(redis_server, 9, GUARDRAILS_AGENT_HOST="", VAD_MAX_LAG_MS="500",
+                   LEASE_MS="10000")
     system = TextSystem(redis_server, 9, env)
     try:
         system.start("vad-worker", "vad-worker")
@@ -217,13 +219,13 @@ async def test_a_stalled_vad_tells_the_client_once_per_episode(vad_system: TextS
     streamer = Streamer(await Client.connect(vad_system.gateway_port))
     await asyncio.sleep(1.5)
     for _ in range(2):
-        # Two seconds of audio pile up; when the VAD wakes, all of it is too late.
+        # 1.5 s of audio piles up; when the VAD wakes, all of it is too late.
         vad.send_signal(signal.SIGSTOP)
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(1.5)
         vad.send_signal(signal.SIGCONT)
         await asyncio.sleep(3.0)  # caught up: live again
     await streamer.stop()
     shed = [m for m in streamer.messages if "arrived too late" in m.get("content", "")]
-    # About 60 entries were dropped per stall: one message for each.
+    # Dozens of entries were dropped per stall: one message for each.
     assert len(shed) == 2, summary(streamer.messages)
     assert all(m["user"] == "system" and m["type"] == "error" for m in shed)
