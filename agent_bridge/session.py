@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from agent_bridge.agent_client import AgentClient
 from agent_bridge.turn import REDO_WINDOW_S, Turn
 from shared.config import Settings
-from shared.history import HistoryKind, append_history
+from shared.history import HistoryKind, append_history, history_kept
 from shared.messages import AgentInput, InputKind
 from shared.ownership import Acker
 from shared.redis_io import TRANSIENT, Backoff
@@ -59,7 +59,8 @@ class AgentSession(QueuedSession[AgentInput]):
     async def _process(self, entry: AgentInput) -> None:
         if entry.kind in USER_INPUTS:
             await append_history(self.r, self.sid, HistoryKind.USER, entry.turn,
-                                 {"role": "user", "content": entry.content})
+                                 {"role": "user", "content": entry.content},
+                                 keep=history_kept(self.settings.MAX_AGENT_MESSAGES))
         if entry.kind == InputKind.CANCEL:
             return
         if self.queue.pending() or is_fenced(entry.turn, await fence_of(self.r, self.sid)):

@@ -18,6 +18,7 @@ from shared.history import (
     HistoryKind,
     agent_context,
     append_history,
+    history_kept,
     queue_context,
     store_agent_session,
 )
@@ -147,7 +148,8 @@ class Turn:
                     await self.out.widget(widget_content(output))
         if not new_messages and spoken:
             new_messages = [{"role": "assistant", "content": " ".join(spoken)}]
-        await append_history(self.r, self.sid, HistoryKind.REPLY, self.entry.turn, *new_messages)
+        await append_history(self.r, self.sid, HistoryKind.REPLY, self.entry.turn, *new_messages,
+                             keep=history_kept(self.settings.MAX_AGENT_MESSAGES))
 
     async def _slow_notice(self) -> None:
         delay = self.settings.AGENT_SLOW_NOTICE_MS / 1000

@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "failover": "bench.redis_failover",
     "pipeline": "bench.pipeline_load",
     "faults": "bench.faults",
+    "soak": "bench.soak",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent
 

@@ -21,6 +21,7 @@ from gateway import inbound, resume, sessions
 from gateway.audio_ingest import AudioIngest
 from gateway.auth import AuthResult, check_api_key
 from gateway.metrics import AUTH_FAILURES, BAD_FRAMES, CONNECTIONS, FRAMES_IN
+from gateway.outage import OutageNotices
 from gateway.outlet import Outlet
 from gateway.placement import Placement
 from gateway.replies import ReplyReader, stop_task
@@ -54,7 +55,6 @@ CLOSE_RESUMED_ELSEWHERE = 4001
 # How long a resume waits for the reply reader's first read positions (gateway start-up).
 RESUME_WAIT_S = 5.0
 UNAVAILABLE = "the service is temporarily unavailable; your message was not delivered, retry"
-AUDIO_UNAVAILABLE = "the service is temporarily unavailable; some of your audio was lost"
 AUDIO_FRAMES_IN = FRAMES_IN.labels("audio")
 
 
@@ -63,16 +63,16 @@ class Gateway:
         self.settings, self.r = settings, r
         self.gateway_id = settings.WORKER_ID or uuid.uuid4().hex[:12]
         self.reader = ReplyReader(r)
-        self.audio = AudioIngest(r, self._audio_lost)
+        self.notices = OutageNotices(lambda sid, text: self._tell(sid, text, MsgType.ERROR),
+                                     lambda sid, text: self._tell(sid, text, MsgType.INFO))
+        self.audio = AudioIngest(r, self.notices)
         self.placement = Placement(r)
 
-    async def _audio_lost(self, sid: str) -> None:
+    def _tell(self, sid: str, text: str, type_: MsgType) -> None:
+        """Queue a system message behind the session's replies (never waits on the client)."""
         outlet = self.reader.outlets.get(sid)
         if outlet is not None:
-            try:
-                await self._send_error(outlet.ws, AUDIO_UNAVAILABLE)
-            except (RuntimeError, OSError):
-                pass  # the client left meanwhile
+            outlet.tell(Reply(session_id=sid, user=User.SYSTEM, type=type_, content=text))
 
     async def keep_sessions_alive(self) -> None:
         """Refresh the records of this gateway's sessions every third of their TTL, and at
@@ -125,15 +125,27 @@ class Gateway:
         except resume.ResumeError as err:
             await ws.send_denial_response(PlainTextResponse(str(err), status_code=400))
             return
+        # A new session is opened before the handshake completes, so a client can be refused
+        # with a plain 503 while Redis is down. A client that leaves before ``accept`` (its
+        # task is cancelled, or accept fails) must leave nothing behind: until then, whatever
+        # happens, a new session's record is deleted again. (A resumed session stays as it
+        # was: kept for a resume until its TTL runs out.)
+        opening: list[str] = []  # a new session's id, from just before its record is written
         try:
-            sid, resumed = await self._open_or_resume(req)
-        except TRANSIENT as err:
-            log.error("cannot open session: redis unavailable", error=str(err))
-            await ws.send_denial_response(
-                PlainTextResponse("service temporarily unavailable", status_code=503))
-            return
-        with structlog.contextvars.bound_contextvars(session_id=sid):
+            try:
+                sid, resumed = await self._open_or_resume(req, opening)
+            except TRANSIENT as err:
+                opening.clear()  # nothing was written
+                log.error("cannot open session: redis unavailable", error=str(err))
+                await ws.send_denial_response(
+                    PlainTextResponse("service temporarily unavailable", status_code=503))
+                return
             await ws.accept()
+            opening.clear()
+        finally:
+            if opening:
+                await asyncio.shield(self._discard(opening[0]))
+        with structlog.contextvars.bound_contextvars(session_id=sid):
             CONNECTIONS.inc()
             log.info("session opened", client=str(ws.client), resumed=resumed)
             outlet = Outlet(sid, ws, with_ids=req.session_info)
@@ -156,20 +168,31 @@ class Gateway:
             finally:
                 CONNECTIONS.dec()
                 self.reader.remove(sid, outlet)
+                self.notices.forget(sid)
                 await outlet.close()
                 await self._end(sid, outlet, keep=req.session_info and code is not None
                                 and code != CLOSE_NORMAL)
 
-    async def _open_or_resume(self, req: resume.ResumeRequest) -> tuple[str, bool]:
+    async def _open_or_resume(self, req: resume.ResumeRequest,
+                              opening: list[str]) -> tuple[str, bool]:
         """The session of this connection: the one asked for if it still exists (taken
-        over), else a new one."""
+        over), else a new one (its id put in ``opening`` before its record is written)."""
         ttl = self.settings.SESSION_TTL_S
         if req.session_id and await resume.take_over(self.r, req.session_id,
                                                       self.gateway_id, ttl):
             return req.session_id, True
         sid = await self.placement.new_session_id()
+        opening.append(sid)
         await sessions.open_session(self.r, sid, self.gateway_id, ttl)
         return sid, False
+
+    async def _discard(self, sid: str) -> None:
+        try:
+            await sessions.discard_session(self.r, sid)
+            log.info("client left during the handshake, session discarded", session_id=sid)
+        except TRANSIENT as err:
+            log.warning("could not discard a session never accepted", session_id=sid,
+                        error=str(err))
 
     async def _resume(self, outlet: Outlet, req: resume.ResumeRequest) -> None:
         """Replay what the client missed after ``req.last_id``, then go on live."""
@@ -234,7 +257,7 @@ class Gateway:
     async def _receive(self, ws: WebSocket, sid: str, outlet: Outlet) -> int | None:
         """Handle the client's frames until it leaves; return its close code (None: closed
         by the gateway)."""
-        limit = self.settings.MAX_FRAME_BYTES
+        limit, text_limit = self.settings.MAX_FRAME_BYTES, self.settings.MAX_TEXT_BYTES
         while True:
             try:
                 message = await ws.receive()
@@ -250,11 +273,19 @@ class Gateway:
                 BAD_FRAMES.labels("too_big").inc()
                 await ws.close(code=CLOSE_TOO_BIG, reason=f"frame over {limit} bytes")
                 return None
+            if text is not None and size > text_limit:
+                # More than a person types or pastes: refused, but the connection stays (the
+                # history and every agent call would carry it otherwise).
+                BAD_FRAMES.labels("text_too_long").inc()
+                await self._send_error(ws, f"text message of {size} bytes is over the "
+                                           f"{text_limit}-byte limit; it was not delivered")
+                continue
             try:
                 if text is not None:
                     msg = parse_client_frame(text)
                     FRAMES_IN.labels(msg.kind.value).inc()
                     outlet.raise_fence(await inbound.publish_input(self.r, sid, msg))
+                    self.notices.ended()
                 elif data is not None:
                     check_audio_frame(data)
                     AUDIO_FRAMES_IN.inc()
@@ -264,7 +295,10 @@ class Gateway:
                 log.info("bad client frame", error=str(err))
                 await self._send_error(ws, str(err))
             except TRANSIENT as err:
+                # Each refused message is told (the user has to send it again), and the
+                # session hears once when the service is back.
                 log.warning("redis unavailable, frame not delivered", error=str(err))
+                self.notices.input_lost(sid)
                 await self._send_error(ws, UNAVAILABLE)
 
     @staticmethod
@@ -284,7 +318,8 @@ def create_app(settings: Settings) -> Starlette:
         gw = Gateway(settings, r)
         holder["gw"] = gw
         tasks = [asyncio.create_task(gw.reader.run()), asyncio.create_task(gw.audio.run()),
-                 asyncio.create_task(gw.keep_sessions_alive())]
+                 asyncio.create_task(gw.keep_sessions_alive()),
+                 asyncio.create_task(gw.notices.probe(r))]
         log.info("gateway started", gateway_id=gw.gateway_id)
         try:
             yield

@@ -5,17 +5,20 @@ frames the system can take: one writer drains every frame waiting across all con
 joins each session's frames into one entry and sends them all in one pipeline, so entries
 grow and round trips stay few as load grows (the same idea as the VAD batcher). Frames of
 one session keep their order: one queue, one writer.
+
+A failed write loses the batch's audio: each session in it is told once per outage
+(gateway/outage.py), and told again once a later write succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import structlog
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 
+from gateway.outage import OutageNotices
 from shared import topology
 from shared.keys import Stage
 from shared.messages import AudioIn
@@ -25,19 +28,19 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH = 4096
 WRITE_INTERVAL_S = 0.04
-# Frames waiting for Redis before a client's receive loop has to wait (TCP backpressure).
+# Frames waiting for Redis before a client's receive loop has to wait (TCP backpressure):
+# bounds the gateway's audio backlog (20,000 frames of 30 ms = 19 MB, 10 minutes of one
+# session's audio, or 6 s for 100 sessions).
 MAX_WAITING = 20_000
 
 BATCH_FRAMES = Histogram("xrx_gateway_audio_batch_frames", "Audio frames per Redis pipeline",
                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 
-OnLost = Callable[[str], Awaitable[None]]
-
 
 class AudioIngest:
-    def __init__(self, r: Redis, on_lost: OnLost) -> None:
-        """``on_lost(sid)`` is told when a session's frames could not be written."""
-        self.r, self.on_lost = r, on_lost
+    def __init__(self, r: Redis, notices: OutageNotices) -> None:
+        """``notices`` hears which sessions lost frames, and when writes succeed again."""
+        self.r, self.notices = r, notices
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(MAX_WAITING)
 
     async def put(self, sid: str, pcm: bytes) -> None:
@@ -55,17 +58,27 @@ class AudioIngest:
             for sid, pcm in batch:
                 by_session.setdefault(sid, []).append(pcm)
             try:
-                async with self.r.pipeline(transaction=False) as p:
-                    for sid, frames in by_session.items():
-                        topology.send(p, Stage.VAD, AudioIn(session_id=sid,
-                                                            pcm=b"".join(frames)))
-                    await p.execute()
+                try:
+                    await self._write(by_session)
+                except TRANSIENT:
+                    # Once more at once: a pooled connection that went stale while Redis
+                    # restarted fails on first use, and that is no reason to lose audio (or
+                    # to tell the client so). A real outage fails again.
+                    await self._write(by_session)
             except TRANSIENT as err:
                 log.warning("redis unavailable, audio frames lost", frames=len(batch),
                             error=str(err))
                 for sid in by_session:
-                    await self.on_lost(sid)
+                    self.notices.audio_lost(sid)
+            else:
+                self.notices.ended()
             # At most one round trip per WRITE_INTERVAL_S: under load each one carries one
             # entry per session joining a frame or two, which halves what every step
             # downstream pays per entry, at a cost of 20 ms of latency on average.
             await asyncio.sleep(max(0.0, started + WRITE_INTERVAL_S - loop.time()))
+
+    async def _write(self, by_session: dict[str, list[bytes]]) -> None:
+        async with self.r.pipeline(transaction=False) as p:
+            for sid, frames in by_session.items():
+                topology.send(p, Stage.VAD, AudioIn(session_id=sid, pcm=b"".join(frames)))
+            await p.execute()

@@ -90,6 +90,12 @@ class Outlet:
             return
         self._queue.put_nowait((entry_id, reply))
 
+    def tell(self, reply: Reply) -> None:
+        """A message of the gateway's own (turn 0, not from a reply stream), in order with
+        the replies; dropped like them when the client is not reading."""
+        if self._queue.qsize() < MAX_BACKLOG:
+            self._queue.put_nowait((b"", reply))  # no id: not in any stream, not resumable
+
     async def close(self) -> None:
         self._queue.put_nowait(None)
         try:
@@ -164,7 +170,7 @@ class Outlet:
                         await self.ws.send_text(client_message(
                             User.SYSTEM, "", MsgType.AUDIO_ID, **{REPLY_ID: entry_id.decode()}))
                     await self.ws.send_bytes(reply.pcm)
-                elif self.with_ids:
+                elif self.with_ids and entry_id:
                     await self.ws.send_text(reply.to_client(**{REPLY_ID: entry_id.decode()}))
                 else:
                     await self.ws.send_text(reply.to_client())

@@ -37,6 +37,12 @@ async def open_session(r: Redis, sid: str, gateway_id: str, ttl_s: int,
     await r.sadd(keys.partition_sessions(topology.partition_of(sid)), sid)
 
 
+async def discard_session(r: Redis, sid: str) -> None:
+    """Undo an ``open_session`` the client never saw (it left during the handshake): only the
+    record was written, and no stage has heard of the session."""
+    await r.delete(keys.session_record(sid))
+
+
 # Extend a record's TTL only while it names this gateway: 1 extended, 0 gone, -1 taken over
 # by another gateway (the client resumed the session elsewhere).
 _REFRESH_IF_MINE = """

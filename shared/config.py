@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     GATEWAY_PORT: int = Field(8000, ge=0, le=65535)
     INITIAL_RESPONSE: str = ""
     MAX_FRAME_BYTES: int = Field(1_048_576, ge=1024)
+    # Longest text or action frame: more than a person types or pastes (16 KiB is ~2,500
+    # words); longer ones get an error and the connection stays open.
+    MAX_TEXT_BYTES: int = Field(16_384, ge=256)
     SESSION_TTL_S: int = Field(60, ge=5)
 
     # --- Redis -------------------------------------------------------------------------

@@ -11,15 +11,29 @@ from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.leases import check_lease
+from shared.turns import STATE_TTL_S
 
 # Appends once per (kind, turn): a turn handled again after a failover appends nothing new.
+# Then keeps only the newest ARGV[3] messages: the agent is sent the last MAX_AGENT_MESSAGES,
+# and a long call must not grow its history (and Redis) without bound. Every write sets a
+# TTL (ARGV[4]), like the turn counter's: a turn that ends after its session was closed
+# would otherwise re-create a key no close will ever expire (the soak found such leftovers).
 _APPEND_ONCE = """
 local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if tonumber(ARGV[2]) <= last then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-for i = 3, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+for i = 5, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
+
+
+def history_kept(max_agent_messages: int) -> int:
+    """Messages a session's history keeps: what the agent is sent plus as many again, so a
+    replica started with a larger MAX_AGENT_MESSAGES still finds a full window."""
+    return 2 * max_agent_messages
 
 
 class HistoryKind(StrEnum):
@@ -28,13 +42,14 @@ class HistoryKind(StrEnum):
 
 
 async def append_history(r: Redis, sid: str, kind: HistoryKind, turn: int,
-                         *messages: dict[str, Any]) -> bool:
-    """Append ``messages`` unless this turn already appended its ``kind``."""
+                         *messages: dict[str, Any], keep: int) -> bool:
+    """Append ``messages`` unless this turn already appended its ``kind``; keep the newest
+    ``keep`` (see :func:`history_kept`)."""
     check_lease()
     if not messages:
         return False
     done = await r.eval(_APPEND_ONCE, 2, keys.history(sid), keys.history_marks(sid), kind,
-                        turn, *(json.dumps(m) for m in messages))
+                        turn, keep, STATE_TTL_S, *(json.dumps(m) for m in messages))
     return bool(done)
 
 
@@ -52,4 +67,5 @@ def agent_context(sid: str, raw_history: list[bytes], raw_session: bytes | None
 
 
 async def store_agent_session(r: Redis, sid: str, session: dict[str, Any]) -> None:
-    await r.set(keys.agent_session(sid), json.dumps(session))
+    # A TTL for the same reason as the history's.
+    await r.set(keys.agent_session(sid), json.dumps(session), ex=STATE_TTL_S)

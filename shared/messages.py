@@ -32,6 +32,7 @@ class MsgType(StrEnum):
     WIDGET = "widget"
     ACTION = "action"
     ERROR = "error"
+    INFO = "info"  # an extension: the service is available again after an outage
     # Extensions, only for clients that ask for session ids (gateway/resume.py):
     SESSION = "session"  # at connect: the session id, whether it was resumed
     AUDIO_ID = "audio_id"  # the id of the binary audio frame that follows
@@ -172,11 +173,11 @@ def _parse_action(content: object) -> dict[str, Any]:
 
 def _loads(text: str, what: str) -> Any:
     """``json.loads`` that fails only with FrameError: bad syntax, NaN/Infinity, integers past
-    Python's 4,300-digit limit (a ValueError), nesting past the C parser's recursion limit or
-    ``MAX_JSON_DEPTH``, lone UTF-16 surrogates (``"\\ud800"`` decodes to a string that cannot be
-    encoded to UTF-8 for Redis)."""
+    Python's 4,300-digit limit (a ValueError), floats out of range (``1e999``), nesting past
+    the C parser's recursion limit or ``MAX_JSON_DEPTH``, lone UTF-16 surrogates
+    (``"\\ud800"`` decodes to a string that cannot be encoded to UTF-8 for Redis)."""
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as err:
         raise FrameError(f"{what}: {err.msg} at position {err.pos}") from None
     except RecursionError:
@@ -189,6 +190,15 @@ def _loads(text: str, what: str) -> Any:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    """``1e999`` parses to infinity, which no JSON encoder downstream (the agent's request
+    body) will write back: refused here, like ``Infinity``."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def _check_value(value: Any, what: str) -> None:

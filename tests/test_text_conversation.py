@@ -179,7 +179,8 @@ BAD_FRAMES = [
     ('{"type": "action", "content": {"tool": "x", "parameters": "{oops"}}', "not valid JSON"),
     ("   ", "empty message"),
     # Hostile JSON: every kind gets an error and the connection stays open.
-    ("[" * 30_000 + "]" * 30_000, "nested deeper"),  # past the parser's recursion limit
+    # Past the parser's recursion limit, under MAX_TEXT_BYTES (16 KiB).
+    ("[" * 8_000 + "]" * 8_000, "nested deeper"),
     ('{"type": "text", "content": ' + "[" * 40 + "]" * 40 + "}", "nested deeper"),
     ('{"type": "action", "content": {"tool": "x", "parameters": "'
      + "[" * 50 + "]" * 50 + '"}}', "nested deeper"),
@@ -187,6 +188,7 @@ BAD_FRAMES = [
     ('{"type": "text", "content": "\\ud800 lone surrogate"}', "surrogate"),
     ('{"type": "text", "content": "hi", "k": {"\\udfff": 1}}', "surrogate"),
     ('{"type": "text", "content": "hi", "x": NaN}', "NaN"),
+    ('{"type": "action", "content": {"tool": "x", "parameters": {"a": 1e999}}}', "out of range"),
     ('{"type": "action", "content": {"tool": "x", "parameters": "{\\"a\\": Infinity}"}}',
      "Infinity"),
 ]

@@ -116,10 +116,14 @@ class VadSession:
         if order <= self.offset:
             self.acker.ack(entry_id)  # consumed before the checkpoint this state came from
             return False
-        if time.time() * 1000 - order[0] > self.max_lag_ms:
+        lag_ms = time.time() * 1000 - order[0]
+        if lag_ms > self.max_lag_ms:
             await self._shed(entry_id)
             return False
-        self._shedding = False
+        if lag_ms < self.max_lag_ms / 2:
+            # Caught up: the next episode is told again. Not before, so a lag hovering
+            # around the limit does not flap into a message every few frames.
+            self._shedding = False
         self.pending.append((entry_id, entry.pcm))
         self.batcher.submit(self)
         return False
