@@ -549,9 +549,6 @@ async def test_llm_bad_key_or_quota_is_said_then_the_script_answers(
     assert spoken(events)[:2] == [LLM_DOWN_NOTICE, "Hello! Welcome to Demo Pizza."]
 
 
-@pytest.mark.xfail(strict=True, reason="open defect: called directly or through TaskRegistry, "
-                   "a cancel closes the upstream stream; served by the agent app it keeps "
-                   "streaming (not yet diagnosed)")
 async def test_cancel_aborts_the_upstream_llm_request(client: httpx.AsyncClient) -> None:
     upstream = {"sent": 0}
 

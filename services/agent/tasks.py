@@ -91,8 +91,11 @@ class TaskRegistry:
     def finish(self, task_id: str) -> None:
         """Forget a turn whose stream ended, stopping its task if it is still working."""
         turn = self._turns.pop(task_id, None)
-        if turn is not None and not turn.task.done():
+        # Once only: a second cancel would land in the turn's clean-up (closing the LLM
+        # request) and leave the upstream model generating for nobody.
+        if turn is not None and not turn.task.done() and not turn.cancelled:
             log.info("agent_turn_abandoned", task_id=task_id)
+            turn.cancelled = True
             turn.task.cancel()
 
     async def aclose(self) -> None:
