@@ -38,14 +38,6 @@ async def read_streams(r: Redis, streams: dict[str, bytes], *, count: int,
     return cast(StreamBatch, resp or [])
 
 
-async def read_group(r: Redis, group: str, consumer: str, streams: dict[str, str], *,
-                     count: int, block_ms: int | None = None) -> StreamBatch:
-    """XREADGROUP over several streams, typed."""
-    resp = await r.xreadgroup(group, consumer, streams,  # type: ignore[arg-type]
-                              count=count, block=block_ms)
-    return cast(StreamBatch, resp or [])
-
-
 # Connections per process when REDIS_MAX_CONNECTIONS is 0: the gateway serves hundreds of
 # sockets, each opening, closing and publishing on its own; a worker runs one read loop plus
 # its sessions' writes. redis-py's default (a non-blocking pool) refused the 101st caller.

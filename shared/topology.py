@@ -90,10 +90,6 @@ def input_stream(stage: Stage, sid: str) -> str:
     return keys.stage_partition(stage, partition_of(sid))
 
 
-def stage_streams(stage: Stage) -> list[str]:
-    return [keys.stage_partition(stage, n) for n in range(_partitions)]
-
-
 def reply_streams() -> list[str]:
     return [keys.reply_partition(n) for n in range(_partitions)]
 
