@@ -22,24 +22,12 @@ unlike transcripts of distinct sentences they need no speech recogniser to read 
 
 from __future__ import annotations
 
-import argparse
-import logging
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bench import pipeline_fakes
-from bench.pipeline_fakes import AGENT_CANCEL_PATH, AGENT_PATH, STT_PATH, TTS_PATH
-from services.tts.messages import DONE, Synthesize, parse_command
-from shared.protocols import TASK_ID_HEADER, AgentField, AgentNode, sse_event
 
 FRAME_SAMPLES = 480  # the driver's 30 ms frames
 MARK_SAMPLES = 64
@@ -49,7 +37,6 @@ TOKEN = re.compile(r"s(\d+)u(\d+)|" + UNMARKED)
 REPLY_PREFIX = "re"
 AUDIO_TAG = b"XRX|"
 _CHUNK = pipeline_fakes._CHUNK
-_CHUNKS = pipeline_fakes._CHUNKS
 
 
 def _check(sess: int, utt: int) -> int:
@@ -127,82 +114,11 @@ def parse_tag(frame: bytes | bytearray | memoryview) -> tuple[str, int] | None:
         return None
 
 
-async def stt(ws: WebSocket) -> None:
-    await ws.accept()
-    try:
-        while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if message.get("bytes") is not None:
-                await ws.send_text(transcript_of(message["bytes"]))
-    except WebSocketDisconnect:
-        return
-
-
-async def tts(ws: WebSocket) -> None:
-    await ws.accept()
-    try:
-        while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            if text is None:
-                continue
-            try:
-                command = parse_command(text)
-            except ValueError:
-                continue
-            if isinstance(command, Synthesize):
-                for i in range(_CHUNKS):
-                    await ws.send_bytes(tag_chunk(command.text, i))
-                await ws.send_text(DONE)
-    except WebSocketDisconnect:
-        return
-
-
-_task_counter = 0
-
-
-async def agent(request: Request) -> Response:
-    global _task_counter
-    body: dict[str, Any] = await request.json()
-    session = body.get(AgentField.SESSION)
-    session = session if isinstance(session, dict) else {}
-    messages = body.get(AgentField.MESSAGES)
-    reply = reply_to(messages if isinstance(messages, list) else [], str(session.get("guid", "")))
-    _task_counter += 1
-    event: dict[str, Any] = {
-        AgentField.NODE: AgentNode.CUSTOMER_RESPONSE, AgentField.OUTPUT: reply,
-        AgentField.SESSION: session,
-        AgentField.MESSAGES: [{"role": "assistant", "content": reply}]}
-
-    async def events() -> AsyncIterator[bytes]:
-        yield sse_event(event)
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={TASK_ID_HEADER: f"fake-{_task_counter}"})
-
-
-def create_app() -> Starlette:
-    return Starlette(routes=[
-        WebSocketRoute(STT_PATH, stt),
-        WebSocketRoute(TTS_PATH, tts),
-        Route(AGENT_PATH, agent, methods=["POST"]),
-        Route(AGENT_CANCEL_PATH + "/{task_id}", pipeline_fakes.cancel, methods=["POST"]),
-        Route("/readyz", pipeline_fakes.ready),
-    ])
+MARKED = pipeline_fakes.Behaviour(transcript=transcript_of, reply=reply_to, chunk=tag_chunk)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.fault_fakes")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    uvicorn.run(create_app(), host="127.0.0.1", port=args.port, log_config=None,
-                log_level="warning", loop="uvloop", http="httptools", ws="websockets-sansio",
-                access_log=False, ws_ping_interval=None)
+    pipeline_fakes.main(MARKED, prog="python -m bench.fault_fakes")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -38,63 +39,18 @@ _CHUNK = bytes((i * 7) & 0x0F for i in range(TTS_RATE * 2 * TTS_CHUNK_MS // 1000
 _CHUNKS = TTS_REPLY_MS // TTS_CHUNK_MS
 
 
-async def stt(ws: WebSocket) -> None:
-    """One binary utterance in, the fixed transcript out, as services/stt/server.py."""
-    await ws.accept()
-    try:
-        while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if message.get("bytes") is not None:
-                await ws.send_text(TRANSCRIPT)
-    except WebSocketDisconnect:
-        return
+@dataclass(frozen=True)
+class Behaviour:
+    """What the fakes answer: the transcript of an utterance, the agent's reply to the chat
+    history (with the session's guid), and the ``index``-th audio chunk speaking a text."""
+
+    transcript: Callable[[bytes], str]
+    reply: Callable[[list[Any], str], str]
+    chunk: Callable[[str, int], bytes]
 
 
-async def tts(ws: WebSocket) -> None:
-    """``synthesize`` -> ~300 ms of PCM in 100 ms chunks, then ``done``; ``cancel`` has nothing
-    to stop, since a reply is sent whole before the next command is read."""
-    await ws.accept()
-    try:
-        while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            if text is None:
-                continue
-            try:
-                command = parse_command(text)
-            except ValueError:
-                continue
-            if isinstance(command, Synthesize):
-                for _ in range(_CHUNKS):
-                    await ws.send_bytes(_CHUNK)
-                await ws.send_text(DONE)
-    except WebSocketDisconnect:
-        return
-
-
-_task_counter = 0
-
-
-async def agent(request: Request) -> Response:
-    """One reply event over SSE, carrying session and messages as the demo agent does."""
-    global _task_counter
-    body: dict[str, Any] = await request.json()
-    session = body.get(AgentField.SESSION)
-    _task_counter += 1
-    event: dict[str, Any] = {
-        AgentField.NODE: AgentNode.CUSTOMER_RESPONSE, AgentField.OUTPUT: REPLY,
-        AgentField.SESSION: session if isinstance(session, dict) else {},
-        AgentField.MESSAGES: [{"role": "assistant", "content": REPLY}]}
-
-    async def events() -> AsyncIterator[bytes]:
-        yield sse_event(event)
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={TASK_ID_HEADER: f"fake-{_task_counter}"})
+FIXED = Behaviour(transcript=lambda _pcm: TRANSCRIPT, reply=lambda _messages, _guid: REPLY,
+                  chunk=lambda _text, _index: _CHUNK)
 
 
 async def cancel(_: Request) -> Response:
@@ -105,7 +61,66 @@ async def ready(_: Request) -> Response:
     return JSONResponse({"ready": True})
 
 
-def create_app() -> Starlette:
+def create_app(behaviour: Behaviour = FIXED) -> Starlette:
+    task_counter = 0
+
+    async def stt(ws: WebSocket) -> None:
+        """One binary utterance in, its transcript out, as services/stt/server.py."""
+        await ws.accept()
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("bytes") is not None:
+                    await ws.send_text(behaviour.transcript(message["bytes"]))
+        except WebSocketDisconnect:
+            return
+
+    async def tts(ws: WebSocket) -> None:
+        """``synthesize`` -> ~300 ms of PCM in 100 ms chunks, then ``done``; ``cancel`` has
+        nothing to stop, since a reply is sent whole before the next command is read."""
+        await ws.accept()
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                if text is None:
+                    continue
+                try:
+                    command = parse_command(text)
+                except ValueError:
+                    continue
+                if isinstance(command, Synthesize):
+                    for i in range(_CHUNKS):
+                        await ws.send_bytes(behaviour.chunk(command.text, i))
+                    await ws.send_text(DONE)
+        except WebSocketDisconnect:
+            return
+
+    async def agent(request: Request) -> Response:
+        """One reply event over SSE, carrying session and messages as the demo agent does."""
+        nonlocal task_counter
+        body: dict[str, Any] = await request.json()
+        session = body.get(AgentField.SESSION)
+        session = session if isinstance(session, dict) else {}
+        messages = body.get(AgentField.MESSAGES)
+        reply = behaviour.reply(messages if isinstance(messages, list) else [],
+                                str(session.get("guid", "")))
+        task_counter += 1
+        event: dict[str, Any] = {
+            AgentField.NODE: AgentNode.CUSTOMER_RESPONSE, AgentField.OUTPUT: reply,
+            AgentField.SESSION: session,
+            AgentField.MESSAGES: [{"role": "assistant", "content": reply}]}
+
+        async def events() -> AsyncIterator[bytes]:
+            yield sse_event(event)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={TASK_ID_HEADER: f"fake-{task_counter}"})
+
     return Starlette(routes=[
         WebSocketRoute(STT_PATH, stt),
         WebSocketRoute(TTS_PATH, tts),
@@ -124,12 +139,12 @@ def env(port: int) -> dict[str, str]:
             "TTS_SAMPLE_RATE": str(TTS_RATE), "TTS_CHUNK_MS": str(TTS_CHUNK_MS)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.pipeline_fakes")
+def main(behaviour: Behaviour = FIXED, prog: str = "python -m bench.pipeline_fakes") -> None:
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    uvicorn.run(create_app(), host="127.0.0.1", port=args.port, log_config=None,
+    uvicorn.run(create_app(behaviour), host="127.0.0.1", port=args.port, log_config=None,
                 log_level="warning", loop="uvloop", http="httptools", ws="websockets-sansio",
                 access_log=False, ws_ping_interval=None)
 
