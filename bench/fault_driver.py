@@ -21,10 +21,9 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from bench import fault_fakes
+from bench import fault_fakes, pipeline_driver
 from bench.pipeline_driver import (
     FRAME_S,
     LOSS_S,
@@ -241,11 +240,7 @@ async def amain(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    import uvloop
-
-    cfg = json.loads(Path(sys.argv[1]).read_text())
-    out = uvloop.run(amain(cfg))
-    Path(sys.argv[2]).write_text(json.dumps(out))
+    pipeline_driver.main(amain)
 
 
 if __name__ == "__main__":

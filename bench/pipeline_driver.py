@@ -25,6 +25,7 @@ import os
 import struct
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -285,11 +286,12 @@ async def amain(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def main(run: Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]] = amain) -> None:
+    """``python -m <driver> CONFIG.json RESULTS.json``: ``run`` the config, write the results."""
     import uvloop
 
     cfg = json.loads(Path(sys.argv[1]).read_text())
-    out = uvloop.run(amain(cfg))
+    out = uvloop.run(run(cfg))
     Path(sys.argv[2]).write_text(json.dumps(out))
 
 
