@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -26,6 +24,7 @@ from services.tts.cache import AudioCache, CacheKey
 from services.tts.protocols import Synthesizer
 from services.tts.text import speech_pieces, split_sentences
 from shared.config import Settings
+from tests.fakes import serve as serve_fake
 from tests.speech_fixtures import noise, silence, synthesize_pcm16k
 
 pytestmark = pytest.mark.voice
@@ -44,24 +43,9 @@ DONE = {"action": "done"}
 
 @contextlib.asynccontextmanager
 async def serve(app: Starlette) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn on a free port in this event loop; yield ``host:port``."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("server stopped during start-up")
-        await asyncio.sleep(0.01)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    """The service ``app`` running (its lifespan loads the model); yield ``host:port``."""
+    async with serve_fake(app, lifespan="on") as url:
+        yield url.removeprefix("http://")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import uvicorn
@@ -95,13 +95,14 @@ def split(pcm: bytes, parts: int) -> list[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Starlette) -> AsyncIterator[str]:
+async def serve(app: Starlette, *, lifespan: Literal["on", "off"] = "off"
+                ) -> AsyncIterator[str]:
     """Run ``app`` under uvicorn on a free port in this event loop; yield its http:// URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off",
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan=lifespan,
                                            timeout_graceful_shutdown=1))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
