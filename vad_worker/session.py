@@ -42,12 +42,12 @@ SHED_FRAMES = Counter("xrx_vad_audio_shed_total", "Audio entries dropped as too 
 # One session's checkpoint, atomically: the state and its offset, and the utterance audio
 # replaced (a new utterance), extended, or dropped (none in progress).
 _SAVE = """
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'offset', ARGV[2], 'audio_len', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-if ARGV[3] == 'set' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[6])
-elseif ARGV[3] == 'append' then redis.call('APPEND', KEYS[2], ARGV[4])
-  redis.call('EXPIRE', KEYS[2], ARGV[6])
-elseif ARGV[3] == 'del' then redis.call('DEL', KEYS[2]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if ARGV[1] == 'set' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+elseif ARGV[1] == 'append' then redis.call('APPEND', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+elseif ARGV[1] == 'del' then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
@@ -225,7 +225,9 @@ class VadSession:
         elif len(st.buffer) > self._saved_len:
             audio, mode = bytes(st.buffer[self._saved_len:]), "append"
             self._saved_len = len(st.buffer)
+        # mode, audio, TTL, then the checkpoint's fields: named here only.
         p.eval(_SAVE, 2, keys.checkpoint(self.sid, Stage.VAD),
-               keys.checkpoint_audio(self.sid, Stage.VAD), st.to_bytes(with_audio=False),
-               self._offset_id, mode, audio, self._saved_len, CHECKPOINT_TTL_S)
+               keys.checkpoint_audio(self.sid, Stage.VAD), mode, audio, CHECKPOINT_TTL_S,
+               STATE_FIELD, st.to_bytes(with_audio=False), OFFSET_FIELD, self._offset_id,
+               AUDIO_LEN_FIELD, self._saved_len)
         self._checkpointed_pos = st.pos
