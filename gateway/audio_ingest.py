@@ -2,9 +2,9 @@
 
 Per-command overhead, in the Redis client and in every stage downstream, bounds how many
 frames the system can take: one writer drains every frame waiting across all connections,
-joins each session's frames into one entry and sends them all in one pipeline, so entries
-grow and round trips stay few as load grows (the same idea as the VAD batcher). Frames of
-one session keep their order: one queue, one writer.
+joins each session's frames and writes one entry per partition (every session of the
+partition in it) in one pipeline, so entries grow and round trips stay few as load grows (the
+same idea as the VAD batcher). Frames of one session keep their order: one queue, one writer.
 
 A failed write loses the batch's audio: each session in it is told once per outage
 (gateway/outage.py), and told again once a later write succeeds.
@@ -20,8 +20,6 @@ from redis.asyncio import Redis
 
 from gateway.outage import OutageNotices
 from shared import topology
-from shared.keys import Stage
-from shared.messages import AudioIn
 from shared.redis_io import TRANSIENT
 
 log = structlog.get_logger(__name__)
@@ -79,6 +77,5 @@ class AudioIngest:
 
     async def _write(self, by_session: dict[str, list[bytes]]) -> None:
         async with self.r.pipeline(transaction=False) as p:
-            for sid, frames in by_session.items():
-                topology.send(p, Stage.VAD, AudioIn(session_id=sid, pcm=b"".join(frames)))
+            topology.send_audio(p, {sid: b"".join(frames) for sid, frames in by_session.items()})
             await p.execute()

@@ -319,11 +319,40 @@ class AgentInput(Entry):
 @dataclasses.dataclass
 class AudioIn(Entry):
     """Client microphone PCM (s16le, 16 kHz, mono) for the VAD stage; ``close`` ends it.
-    Under load the gateway joins a session's waiting frames into one entry."""
+
+    The gateway writes audio as :func:`audio_batch` entries (every session of one partition
+    in one entry); a stage worker hands each session its part as an ``AudioIn``."""
 
     session_id: str = ""
     pcm: bytes = b""
     close: bool = False
+
+
+# An audio batch entry has one field per session: this prefix and the session id -> its PCM.
+# Per-entry costs (the XADD, the read, the acknowledgement, the decode) are paid once per
+# partition per gateway write instead of once per session: at 500 sessions, 32 entries per
+# 40 ms instead of 500.
+AUDIO_BATCH_PREFIX = b"@"
+_PCM_FIELD = b"pcm"
+
+
+def audio_batch(frames: dict[str, bytes]) -> dict[FieldT, EncodableT]:
+    """The fields of one entry carrying each session's audio (sessions of one partition)."""
+    return {AUDIO_BATCH_PREFIX + sid.encode(): pcm for sid, pcm in frames.items()}
+
+
+def entry_parts(fields: dict[bytes, bytes]) -> list[tuple[str, dict[bytes, bytes]]]:
+    """An entry's per-session parts, ``(session id, fields)``: one part for an ordinary entry;
+    for an :func:`audio_batch`, one ``AudioIn`` per session in it."""
+    sid = fields.get(SESSION_FIELD)
+    if sid is not None or not fields:
+        return [((sid or b"").decode(), fields)]
+    parts = []
+    for key, pcm in fields.items():
+        if key.startswith(AUDIO_BATCH_PREFIX):
+            part_sid = key[len(AUDIO_BATCH_PREFIX):]
+            parts.append((part_sid.decode(), {SESSION_FIELD: part_sid, _PCM_FIELD: pcm}))
+    return parts
 
 
 class SpeechKind(StrEnum):

@@ -30,7 +30,7 @@ from redis.asyncio.client import Pipeline
 from shared import keys, topology
 from shared.keys import Stage
 from shared.leases import CURRENT_LEASE, Lease, LeaseKeeper, Leases, plan, share
-from shared.messages import session_of
+from shared.messages import entry_parts
 from shared.redis_io import TRANSIENT, Backoff, Fields, ensure_group
 from shared.session_record import expire_session
 
@@ -58,13 +58,14 @@ class SessionHandler(Protocol):
 
 class Acker:
     """Acknowledges a session's input entries once their effects are published. They are
-    sent with the replica's next read (at most one read's block later)."""
+    sent with the replica's next read (at most one read's block later). An entry several
+    sessions share (an audio batch) is acknowledged once every one of them has."""
 
-    def __init__(self, partition: Partition) -> None:
-        self._partition = partition
+    def __init__(self, partition: Partition, sid: str = "") -> None:
+        self._partition, self._sid = partition, sid
 
     def ack(self, *entry_ids: bytes) -> None:
-        self._partition.to_ack.extend(entry_ids)
+        self._partition.ack(self._sid, entry_ids)
 
     @property
     def lease(self) -> Lease:
@@ -80,8 +81,27 @@ class Partition:
         self.stream = keys.stage_partition(stage, lease.n)
         self.sessions: dict[str, SessionHandler] = {}
         self.to_ack: list[bytes] = []
+        # Shared entries -> the sessions yet to acknowledge them.
+        self.shared: dict[bytes, set[str]] = {}
         self.closed: dict[str, None] = {}  # insertion-ordered set
-        self.acker = Acker(self)
+
+    def share(self, entry_id: bytes, sids: list[str]) -> None:
+        self.shared[entry_id] = set(sids)
+
+    def ack(self, sid: str, entry_ids: tuple[bytes, ...] | list[bytes]) -> None:
+        for entry_id in entry_ids:
+            waiting = self.shared.get(entry_id)
+            if waiting is None:
+                self.to_ack.append(entry_id)
+                continue
+            waiting.discard(sid)
+            if not waiting:
+                del self.shared[entry_id]
+                self.to_ack.append(entry_id)
+
+    def ack_all(self, sid: str) -> None:
+        """A session gone from this partition for good: it acknowledges nothing more."""
+        self.ack(sid, [i for i, waiting in self.shared.items() if sid in waiting])
 
     def forget(self, sid: str) -> None:
         self.closed[sid] = None
@@ -216,22 +236,31 @@ class StageWorker:
             if not fields:  # trimmed away while pending
                 part.to_ack.append(entry_id)
                 continue
-            sid = session_of(fields)
-            handler = part.sessions.get(sid)
-            if handler is None:
-                handler = await self._open(part, sid)
-                if handler is None:
-                    part.to_ack.append(entry_id)
-                    continue
-            try:
-                over = await handler.handle(entry_id, fields)
-            except Exception:
-                # One bad entry must not stop the partition's other sessions.
-                log.exception("session entry failed", stage=self.stage.value, session_id=sid)
+            parts = entry_parts(fields)
+            if len(parts) > 1:
+                part.share(entry_id, [sid for sid, _ in parts])
+            elif not parts:
                 part.to_ack.append(entry_id)
-                continue
-            if over:
-                await self._close(part, sid)
+            for sid, session_fields in parts:
+                await self._dispatch_one(part, sid, entry_id, session_fields)
+
+    async def _dispatch_one(self, part: Partition, sid: str, entry_id: bytes,
+                            fields: Fields) -> None:
+        handler = part.sessions.get(sid)
+        if handler is None:
+            handler = await self._open(part, sid)
+            if handler is None:
+                part.ack(sid, [entry_id])
+                return
+        try:
+            over = await handler.handle(entry_id, fields)
+        except Exception:
+            # One bad entry must not stop the partition's other sessions.
+            log.exception("session entry failed", stage=self.stage.value, session_id=sid)
+            part.ack(sid, [entry_id])
+            return
+        if over:
+            await self._close(part, sid)
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -243,7 +272,7 @@ class StageWorker:
             # lost the record and the gateway has yet to register it again: not remembered
             # as closed, so the session's next entries look again.
             return None
-        handler = await self.factory(sid, part.acker)
+        handler = await self.factory(sid, Acker(part, sid))
         part.sessions[sid] = handler
         self._count()
         return handler
@@ -252,6 +281,8 @@ class StageWorker:
         handler = part.sessions.pop(sid, None)
         if not handing_over:
             part.forget(sid)
+            # Its share of batch entries it never finished must not hold them pending.
+            part.ack_all(sid)
         self._count()
         if handler is not None:
             token = CURRENT_LEASE.set(part.lease)

@@ -36,6 +36,7 @@ from shared.messages import (
     SpeakKind,
     SpeechKind,
     UtteranceIn,
+    audio_batch,
 )
 
 
@@ -109,6 +110,21 @@ def send(w: Writer, stage: Stage, entry: Entry) -> Any:
         raise ValueError("an entry must name its session")
     return w.xadd(input_stream(stage, sid), entry.encode(), maxlen=spec.maxlen,
                   approximate=True)
+
+
+def send_audio(w: Writer, frames: dict[str, bytes]) -> None:
+    """Queue client audio for the VAD stage on pipeline ``w``: one entry per partition,
+    holding the audio of every session in ``frames`` that hashes to it (messages.audio_batch).
+    """
+    spec = SPECS[Stage.VAD]
+    by_partition: dict[int, dict[str, bytes]] = {}
+    for sid, pcm in frames.items():
+        if not sid:
+            raise ValueError("an entry must name its session")
+        by_partition.setdefault(partition_of(sid), {})[sid] = pcm
+    for n, part in by_partition.items():
+        w.xadd(keys.stage_partition(Stage.VAD, n), audio_batch(part), maxlen=spec.maxlen,
+               approximate=True)
 
 
 def reply(w: Writer, entry: Reply) -> Any:

@@ -9,8 +9,17 @@ import pytest
 from gateway.placement import least_loaded, session_id_in
 from shared import topology
 from shared.keys import Stage
-from shared.leases import plan, share
-from shared.messages import AgentInput, AudioIn, InputKind, Modality, Reply, session_of
+from shared.leases import Lease, plan, share
+from shared.messages import (
+    AgentInput,
+    AudioIn,
+    InputKind,
+    Modality,
+    Reply,
+    entry_parts,
+    session_of,
+)
+from shared.ownership import Acker, Partition
 from vad_worker.state import SessionVadState
 
 
@@ -90,3 +99,41 @@ def test_a_checkpoint_without_audio_keeps_everything_else() -> None:
     assert back.buffer == bytearray() and back.preroll == bytearray()
     same = dataclasses.replace(back, buffer=st.buffer, preroll=st.preroll)
     assert same.to_bytes() == st.to_bytes()
+
+
+def test_an_audio_batch_gives_each_session_its_own_audio_entry() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.entries: list[tuple[str, dict[bytes, bytes]]] = []
+
+        def xadd(self, stream: str, fields: dict[bytes, bytes], **_: object) -> None:
+            self.entries.append((stream, fields))
+
+    sids = [session_id_in(3), session_id_in(3), session_id_in(7)]
+    w = Recorder()
+    topology.send_audio(w, {sid: bytes([i, 0]) * 4 for i, sid in enumerate(sids)})  # type: ignore[arg-type]
+    # One entry per partition, each holding every session of that partition.
+    assert sorted(s for s, _ in w.entries) == sorted(
+        {topology.input_stream(Stage.VAD, sid) for sid in sids})
+    parts = {sid: AudioIn.decode(f) for _, fields in w.entries
+             for sid, f in entry_parts(fields)}
+    assert parts == {sid: AudioIn(session_id=sid, pcm=bytes([i, 0]) * 4)
+                     for i, sid in enumerate(sids)}
+    # Ordinary entries are one part, as they are.
+    single = {b"session_id": b"s1", b"pcm": b"ab"}
+    assert entry_parts(single) == [("s1", single)]
+
+
+def test_a_shared_entry_is_acknowledged_once_every_session_has() -> None:
+    part = Partition(Stage.VAD, Lease(0, 1, 2000, 0.0))
+    a, b = Acker(part, "a"), Acker(part, "b")
+    part.share(b"1-0", ["a", "b"])
+    part.share(b"2-0", ["a", "b"])
+    a.ack(b"1-0", b"2-0")
+    assert part.to_ack == []
+    b.ack(b"1-0")
+    a.ack(b"3-0")  # not shared: at once
+    assert part.to_ack == [b"1-0", b"3-0"]
+    # A session closed for good lets go of what it still shared.
+    part.ack_all("b")
+    assert part.to_ack == [b"1-0", b"3-0", b"2-0"] and not part.shared
