@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -103,7 +103,10 @@ def create_app(behaviour: Behaviour = FIXED) -> Starlette:
     async def agent(request: Request) -> Response:
         """One reply event over SSE, carrying session and messages as the demo agent does."""
         nonlocal task_counter
-        body: dict[str, Any] = await request.json()
+        try:
+            body: dict[str, Any] = await request.json()
+        except ClientDisconnect:  # the turn was superseded while its request was in flight
+            return Response(status_code=499)
         session = body.get(AgentField.SESSION)
         session = session if isinstance(session, dict) else {}
         messages = body.get(AgentField.MESSAGES)
