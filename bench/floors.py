@@ -1,0 +1,175 @@
+"""``floors``: what a live voice session costs on this machine before any of the project's own
+work, the floor under the pipeline benchmark's CPU per session.
+
+- WebSocket receive: N clients send 30 ms PCM frames in real time to a uvicorn + Starlette
+  endpoint that only receives them (and sends ~100 ms of audio back per second, as a talking
+  agent would); the server's CPU per session. The gateway pays this and more.
+- Silero: the model alone (vad_worker.batch_vad, one torch thread) on batches of N windows,
+  31.25 windows per second per real-time stream; CPU per session. The vad-worker pays this
+  and more.
+
+    python -m bench.floors --sessions 100,300 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from bench.common import BenchResult, fmt
+from bench.pipeline_load import write_standalone
+from tests.harness import ROOT, free_port, wait_port
+
+NAME = "floors"
+FRAME_S = 0.03
+FRAME = b"\x01\x00" * 480  # 30 ms of 16 kHz s16le
+REPLY = b"\x00" * 3200  # 100 ms of audio back per second of frames
+WINDOWS_PER_S = 16000 / 512
+
+
+# --- the WebSocket receive floor -------------------------------------------------------------
+
+def serve(port: int) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        frames = 0
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            frames += 1
+            if frames % 33 == 0:
+                await ws.send_bytes(REPLY)
+
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    # As the gateway runs it (gateway/main.py).
+    uvicorn.run(app, host="127.0.0.1", port=port, ws_per_message_deflate=False,
+                log_level="warning")
+
+
+async def _client(port: int, seconds: float, start: float) -> None:
+    import websockets
+
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", compression=None,
+                                  max_size=None) as ws:
+        async def drain() -> None:
+            async for _ in ws:
+                pass
+
+        reader = asyncio.create_task(drain())
+        i = 0
+        while time.monotonic() < start + seconds:
+            await ws.send(FRAME)
+            i += 1
+            await asyncio.sleep(max(0.0, start + i * FRAME_S - time.monotonic()))
+        reader.cancel()
+
+
+def ws_floor(n: int, seconds: float) -> float:
+    """Server CPU, % of one core per session, over ``seconds`` of N real-time clients."""
+    import subprocess
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "bench.floors", "--serve", str(port)],
+                              cwd=ROOT)
+    try:
+        wait_port(port)
+        proc = psutil.Process(server.pid)
+
+        async def drive() -> float:
+            start = time.monotonic() + 1.0
+            clients = [asyncio.create_task(_client(port, seconds + 2, start))
+                       for _ in range(n)]
+            await asyncio.sleep(max(0.0, start + 1.0 - time.monotonic()))  # all connected
+            c0, t0 = proc.cpu_times(), time.monotonic()
+            await asyncio.sleep(seconds)
+            c1, t1 = proc.cpu_times(), time.monotonic()
+            await asyncio.gather(*clients)
+            busy = (c1.user + c1.system) - (c0.user + c0.system)
+            return busy / (t1 - t0) * 100 / n
+
+        return asyncio.run(drive())
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+# --- the Silero floor ------------------------------------------------------------------------
+
+def silero_floor(n: int, calls: int = 200) -> float:
+    """Model-only CPU, % of one core per real-time session, at batches of ``n`` windows."""
+    from vad_worker.batch_vad import BatchVad
+    from vad_worker.state import SessionVadState
+
+    model = BatchVad(num_threads=1)
+    rng = np.random.default_rng(0)
+    states = [SessionVadState(session_id=str(i)) for i in range(n)]
+    windows = (rng.standard_normal((n, 512)) * 0.05).astype(np.float32)
+    for _ in range(10):
+        model.infer_batch(states, windows)
+    c0 = time.process_time()
+    for _ in range(calls):
+        model.infer_batch(states, windows)
+    per_window_s = (time.process_time() - c0) / calls / n
+    return per_window_s * WINDOWS_PER_S * 100
+
+
+def run(quick: bool, sessions: list[int] | None = None, seconds: float | None = None
+        ) -> BenchResult:
+    sessions = sessions or ([20] if quick else [100, 300])
+    seconds = seconds or (3.0 if quick else 10.0)
+    result = BenchResult(NAME)
+    rows: list[dict[str, Any]] = []
+    for n in sessions:
+        ws = ws_floor(n, seconds)
+        model = silero_floor(n, calls=20 if quick else 200)
+        rows.append({"n": n, "ws_pct_per_session": round(ws, 3),
+                     "silero_pct_per_session": round(model, 3)})
+        result.figure(f"ws_receive_pct_per_session_n{n}",
+                      f"WebSocket receive floor, {n} sessions", "% core/session").samples.append(ws)
+        result.figure(f"silero_pct_per_session_n{n}",
+                      f"Silero model floor, batches of {n}", "% core/session").samples.append(model)
+        print(f"  N={n}: websocket receive {fmt(ws)} % of a core per session, "
+              f"silero {fmt(model)} %", flush=True)
+    result.details = {"seconds": seconds, "rows": rows, "cpus": psutil.cpu_count()}
+    result.notes.append(
+        "Floors under bench.pipeline_load's CPU per session on this machine: a uvicorn + "
+        "Starlette endpoint that only receives 30 ms frames (server process CPU), and the "
+        "Silero network alone on batches of N windows (one torch thread, process CPU time). "
+        "Their sum per session times N is what N sessions cost before any Redis, routing, "
+        "segmentation, STT, agent or TTS work.")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.floors", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--sessions", default="100,300")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    if args.serve is not None:
+        serve(args.serve)
+        return
+    result = run(False, [int(x) for x in args.sessions.split(",")], args.seconds)
+    if not args.no_write:
+        md, _ = write_standalone(result, args.out)
+        print(f"wrote {md}")
+
+
+if __name__ == "__main__":
+    main()
