@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import structlog
+from httpx_aiohttp import AiohttpTransport
 from httpx_sse import EventSource, SSEError
 
 from shared.config import Settings
@@ -49,7 +50,9 @@ class AgentClient:
         self.settings = settings
         self.base_url = settings.agent_base_url
         t = settings.AGENT_TIMEOUT_S
-        self._http = httpx.AsyncClient(base_url=self.base_url,
+        # One call per turn on the hot path: aiohttp's pool under httpx's API costs a fraction
+        # of httpx's own transport per request, and stays flat as calls overlap.
+        self._http = httpx.AsyncClient(base_url=self.base_url, transport=AiohttpTransport(),
                                        timeout=httpx.Timeout(t, connect=5.0))
 
     async def aclose(self) -> None:

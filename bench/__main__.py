@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "voice": "bench.voice",
     "redis": "bench.redis_ingest",
     "failover": "bench.redis_failover",
+    "agent_client": "bench.agent_client",
     "floors": "bench.floors",
     "pipeline": "bench.pipeline_load",
     "faults": "bench.faults",
