@@ -20,6 +20,7 @@ from shared.turns import (
     barge_in_cuts,
     begin_turn,
     begin_turn_once,
+    fence_of,
     kill_turns,
     mark_turn_started,
     supersedes,
@@ -143,14 +144,14 @@ async def test_kill_turns_fences_the_started_turn_not_the_waiting_ones(
     # Turn 4 started at T0, 5 and 6 wait behind it.
     await _state(r, "kill", last=6, fence=4, started_turn=4, started_ms=T0)
     assert await kill_turns(r, "kill", T0 - 1) is None  # late audio: nothing killed
-    assert int(await r.get(keys.fence("kill"))) == 4
+    assert await fence_of(r, "kill") == 4
     assert await kill_turns(r, "kill", T0 + 250) == 4
-    assert int(await r.get(keys.fence("kill"))) == 5  # 5 and 6 still alive
+    assert await fence_of(r, "kill") == 5  # 5 and 6 still alive
     # Never lowers the fence.
     await _state(r, "kill", last=6, fence=6, started_turn=4, started_ms=T0)
     assert await kill_turns(r, "kill", T0 + 250) == 4
-    assert int(await r.get(keys.fence("kill"))) == 6
+    assert await fence_of(r, "kill") == 6
     # A session with no turn start recorded: every turn handed out, as before.
     await _state(r, "kill", last=6, fence=4, started_turn=0, started_ms=0)
     assert await kill_turns(r, "kill", T0) == 6
-    assert int(await r.get(keys.fence("kill"))) == 7
+    assert await fence_of(r, "kill") == 7
