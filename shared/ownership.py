@@ -178,7 +178,11 @@ class StageWorker:
             self.keeper.stop()
 
     async def _read_once(self) -> None:
-        parts = list(self.held.values())
+        # Not partitions whose lease has run out locally (a replica woken from a pause longer
+        # than the lease, before its keeper notices): reading them would take entries from
+        # their new holder, and acknowledging would delete what it has yet to handle. Their
+        # acknowledgements wait; the partitions are dropped or the lease renewed shortly.
+        parts = [p for p in self.held.values() if p.lease.valid()]
         if not parts:
             await asyncio.sleep(self.block_ms / 1000)
             return

@@ -151,10 +151,14 @@ class VadSession:
             # still publishes what it found: the checkpoint comes after it.
             self.leaving = True
             await self.batcher.settled(self)
-            async with self.r.pipeline(transaction=False) as p:
-                self._queue_checkpoint(p)
-                await p.execute()
-            self.acker.ack(*self.uncheckpointed)
+            # Only while the lease holds: a replica that lost it unawares (woken from a pause
+            # longer than the lease) would overwrite the newer checkpoint of the replica that
+            # ran the session meanwhile with its stale state.
+            if self.acker.lease.valid():
+                async with self.r.pipeline(transaction=False) as p:
+                    self._queue_checkpoint(p)
+                    await p.execute()
+                self.acker.ack(*self.uncheckpointed)
             self.uncheckpointed.clear()
         self.closed = True
 
