@@ -1,4 +1,6 @@
-"""The agent stage's per-session logic: turns in order, a newer input cancels the current one."""
+"""The agent stage's per-session logic: turns in order; an input that superseded the turn in
+flight (shared/turns.py: the user began it after that turn started) cancels it, one that was
+begun before waits its turn."""
 
 from __future__ import annotations
 
@@ -32,13 +34,17 @@ class AgentSession(QueuedSession[AgentInput]):
                  acker: Acker) -> None:
         super().__init__(sid, acker)
         self.r, self.settings, self.agent = r, settings, agent
+        self._running = 0  # the turn in flight, 0 when none
 
     def is_close(self, entry: AgentInput) -> bool:
         return entry.kind == InputKind.CLOSE
 
     async def act_now(self, entry_id: bytes, entry: AgentInput) -> bool:
-        # Whatever comes next supersedes the turn in flight (the original's behaviour).
-        self.queue.cancel_current()
+        # The turn in flight stops only when this input fenced it: the user began the input
+        # after the turn started (the original's "a newer input supersedes"), or barged in.
+        # Input begun before it (a backlog after a stalled worker) queues behind it.
+        if is_fenced(self._running, cancelling_fence(entry)):
+            self.queue.cancel_current()
         return False
 
     async def process(self, entry: AgentInput) -> None:
@@ -63,8 +69,20 @@ class AgentSession(QueuedSession[AgentInput]):
                                  keep=history_kept(self.settings.MAX_AGENT_MESSAGES))
         if entry.kind == InputKind.CANCEL:
             return
-        if self.queue.pending() or is_fenced(entry.turn, await fence_of(self.r, self.sid)):
+        if is_fenced(entry.turn, await fence_of(self.r, self.sid)):
             log.info("input superseded before its turn started", turn=entry.turn)
             return
         log.info("turn started", turn=entry.turn, kind=entry.kind.value)
-        await Turn(self.r, self.settings, self.agent, self.sid, entry).run()
+        self._running = entry.turn
+        try:
+            await Turn(self.r, self.settings, self.agent, self.sid, entry).run()
+        finally:
+            self._running = 0
+
+
+def cancelling_fence(entry: AgentInput) -> int:
+    """The fence an input brings: its own when it superseded, a barge-in's; a barge-in entry
+    from before inputs carried fences cancels the turn it names and earlier ones."""
+    if entry.fence or entry.kind != InputKind.CANCEL:
+        return entry.fence
+    return entry.turn + 1

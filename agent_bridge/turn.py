@@ -37,6 +37,7 @@ from shared.messages import (
 from shared.protocols import REPLY_NODES, AgentField, AgentNode
 from shared.redis_io import TRANSIENT, Backoff
 from shared.session_record import update_record
+from shared.turns import mark_turn_started
 
 log = structlog.get_logger(__name__)
 
@@ -59,9 +60,11 @@ class Turn:
         """Run to completion; cancellation (a newer input, barge-in) aborts the agent call."""
         outcome = "completed"
         # One round trip to start: the record says the agent is busy (barge-in reads it), the
-        # client is told, and what the agent is sent is read.
+        # turn's start is recorded (input begun before it waits behind it), the client is
+        # told, and what the agent is sent is read.
         async with self.r.pipeline(transaction=False) as p:
             update_record(p, self.sid, **{keys.RECORD_AGENT_BUSY: self.entry.turn})
+            mark_turn_started(p, self.sid, self.entry.turn)
             topology.reply(p, signal(self.sid, self.entry.turn, Signal.STARTED_THINKING))
             queue_context(p, self.sid, self.settings.MAX_AGENT_MESSAGES)
             *_, raw_history, raw_session = await p.execute()

@@ -10,6 +10,7 @@ services share the one port) and ``AGENT_PATH``/``AGENT_CANCEL_PATH``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -42,11 +43,14 @@ _CHUNKS = TTS_REPLY_MS // TTS_CHUNK_MS
 @dataclass(frozen=True)
 class Behaviour:
     """What the fakes answer: the transcript of an utterance, the agent's reply to the chat
-    history (with the session's guid), and the ``index``-th audio chunk speaking a text."""
+    history (with the session's guid), and the ``index``-th audio chunk speaking a text;
+    optionally how long the agent thinks before replying to a history (tests: a turn still
+    running when the user speaks again)."""
 
     transcript: Callable[[bytes], str]
     reply: Callable[[list[Any], str], str]
     chunk: Callable[[str, int], bytes]
+    think_s: Callable[[list[Any]], float] | None = None
 
 
 FIXED = Behaviour(transcript=lambda _pcm: TRANSCRIPT, reply=lambda _messages, _guid: REPLY,
@@ -112,6 +116,8 @@ def create_app(behaviour: Behaviour = FIXED) -> Starlette:
         messages = body.get(AgentField.MESSAGES)
         reply = behaviour.reply(messages if isinstance(messages, list) else [],
                                 str(session.get("guid", "")))
+        think_s = behaviour.think_s(messages if isinstance(messages, list) else []) \
+            if behaviour.think_s else 0.0
         task_counter += 1
         event: dict[str, Any] = {
             AgentField.NODE: AgentNode.CUSTOMER_RESPONSE, AgentField.OUTPUT: reply,
@@ -119,6 +125,8 @@ def create_app(behaviour: Behaviour = FIXED) -> Starlette:
             AgentField.MESSAGES: [{"role": "assistant", "content": reply}]}
 
         async def events() -> AsyncIterator[bytes]:
+            if think_s:
+                await asyncio.sleep(think_s)
             yield sse_event(event)
 
         return StreamingResponse(events(), media_type="text/event-stream",

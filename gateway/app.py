@@ -107,7 +107,7 @@ class Gateway:
             try:
                 await sessions.open_session(self.r, sid, self.gateway_id,
                                             self.settings.SESSION_TTL_S,
-                                            last_turn=outlet.fence if outlet else 0)
+                                            last_turn=outlet.last_turn if outlet else 0)
             except TRANSIENT as err:
                 log.warning("could not register session again", session_id=sid,
                             error=str(err))
@@ -284,7 +284,9 @@ class Gateway:
                 if text is not None:
                     msg = parse_client_frame(text)
                     FRAMES_IN.labels(msg.kind.value).inc()
-                    outlet.raise_fence(await inbound.publish_input(self.r, sid, msg))
+                    start = await inbound.publish_input(self.r, sid, msg)
+                    outlet.saw_turn(start.turn)
+                    outlet.raise_fence(start.fence)
                     self.notices.ended()
                 elif data is not None:
                     check_audio_frame(data)

@@ -35,6 +35,7 @@ class Outlet:
         self.moved = False  # the session was resumed on another connection
         self.last_id = b"0-0"
         self.fence = 0
+        self._newest_turn = 0  # the highest turn number seen (a turn may wait unfenced)
         self._thinking_turn: int | None = None
         self._last_seq: dict[int, int] = {}  # turn -> highest numbered output delivered
         self._last_chunk: dict[int, tuple[int, int]] = {}  # turn -> (output, chunk) delivered
@@ -52,6 +53,16 @@ class Outlet:
 
     def raise_fence(self, fence: int) -> None:
         self.fence = max(self.fence, fence)
+
+    def saw_turn(self, turn: int) -> None:
+        self._newest_turn = max(self._newest_turn, turn)
+
+    @property
+    def last_turn(self) -> int:
+        """The newest turn this connection knows of: where the session's turn counter
+        resumes if Redis loses it (turn numbers must keep growing for the fence and the
+        per-turn output numbering to hold)."""
+        return max(self.fence, self._newest_turn)
 
     def start_resume(self, last_id: bytes, fence: int, last_turn: int) -> None:
         """Hold live entries until :meth:`finish_resume` has queued the missed ones.
@@ -82,6 +93,7 @@ class Outlet:
                 return  # the client has it, or it was replayed
             self._floor = None  # from here on the reader's ids are all new
         self.last_id = entry_id
+        self.saw_turn(reply.turn)
         if self._queue.qsize() >= MAX_BACKLOG:
             if not self._task.done():
                 log.warning("client not reading, dropping connection", session_id=self.sid)

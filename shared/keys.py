@@ -62,6 +62,12 @@ def turn_marks(sid: str) -> str:
     return f"{PREFIX}:{{{sid}}}:turn_marks"
 
 
+def turn_started(sid: str) -> str:
+    """Hash: the latest turn the agent bridge started and when (Redis clock, ms). An input the
+    user began before that waits its turn instead of cutting it short (shared/turns.py)."""
+    return f"{PREFIX}:{{{sid}}}:turn_started"
+
+
 def fence(sid: str) -> str:
     """Lowest turn number still alive: replies of lower turns never reach the client."""
     return f"{PREFIX}:{{{sid}}}:fence"
@@ -135,7 +141,7 @@ def gateway_marker(gateway_id: str) -> str:
 def session_keys(sid: str) -> list[str]:
     """Every key a session owns, for expiry when it closes."""
     keys = [session_record(sid), history(sid), history_marks(sid), agent_session(sid),
-            turn_counter(sid), turn_marks(sid), fence(sid)]
+            turn_counter(sid), turn_marks(sid), turn_started(sid), fence(sid)]
     for stage in Stage:
         keys += [checkpoint(sid, stage), checkpoint_audio(sid, stage)]
     return keys

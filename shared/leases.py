@@ -9,7 +9,9 @@ a lease locally for less than its TTL, and checks it before every write that oth
 A lease is a key with a TTL holding ``<replica> <epoch>``; the epoch grows with every grant,
 so whatever a former holder does after losing a lease can be told apart. A dead replica's
 leases and heartbeat run out after ``LEASE_MS``, and the survivors' shares grow to cover its
-partitions: failover takes at most LEASE_MS plus one heartbeat period.
+partitions: a survivor looks again as the first lease held by another replica is due to run
+out, so failover takes at most LEASE_MS after the dead replica's last renewal (at most
+LEASE_MS after its death, at least 3/4 of it).
 """
 
 from __future__ import annotations
@@ -172,6 +174,7 @@ class Leases:
         self.r, self.stage, self.replica = r, stage, replica
         self.partitions, self.lease_ms = partitions, lease_ms
         self.members_key = keys.stage_members(stage)
+        self.soonest_expiry_s: float | None = None  # see holders()
 
     def _token(self, epoch: int) -> str:
         return f"{self.replica} {epoch}"
@@ -187,11 +190,22 @@ class Leases:
         await self.r.zrem(self.members_key, self.replica)
 
     async def holders(self) -> list[str | None]:
-        """The replica holding each partition, None where the lease is free."""
-        raw = cast(list[bytes | None],
-                   await self.r.mget([keys.partition_lease(self.stage, n)
-                                      for n in range(self.partitions)]))
-        return [v.decode().rsplit(" ", 1)[0] if v else None for v in raw]
+        """The replica holding each partition, None where the lease is free. Also notes in
+        ``soonest_expiry_s`` how soon the first lease held by another replica runs out if it
+        is not renewed (a live holder renews long before): a replica that died is noticed
+        when its lease expires, not up to a balancing period later."""
+        names = [keys.partition_lease(self.stage, n) for n in range(self.partitions)]
+        async with self.r.pipeline(transaction=False) as p:
+            p.mget(names)
+            for name in names:
+                p.pttl(name)
+            raw, *ttls = await p.execute()
+        holders = [v.decode().rsplit(" ", 1)[0] if v else None
+                   for v in cast(list[bytes | None], raw)]
+        others = [ttl for holder, ttl in zip(holders, ttls, strict=True)
+                  if holder not in (None, self.replica) and ttl >= 0]
+        self.soonest_expiry_s = min(others) / 1000 if others else None
+        return holders
 
     async def acquire(self, n: int) -> int:
         """The lease's epoch if it was free and is now ours, else 0."""

@@ -314,6 +314,10 @@ class AgentInput(Entry):
     modality: Modality = Modality.TEXT
     # A spoken turn: wall clock (ms) when the user's voice stopped, for the latency breakdown.
     voice_end_ms: int = 0
+    # Turns below this are dead from here on (shared/turns.py): this input superseded them,
+    # or a barge-in cut them. The agent bridge cancels its turn in flight if it is one of
+    # them; 0: this input cuts nothing and waits its turn.
+    fence: int = 0
 
 
 @dataclasses.dataclass
@@ -378,6 +382,9 @@ class UtteranceIn(Entry):
     start_ms: int = 0
     end_ms: int = 0
     voice_end_ms: int = 0  # wall clock (ms) when the voice stopped
+    # Wall clock (Redis's, ms) when the voice of an utterance began: whether its transcript
+    # may cut the turn in flight short (shared/turns.py). 0: unknown.
+    voice_start_ms: int = 0
 
 
 class SpeakKind(StrEnum):

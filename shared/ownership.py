@@ -45,6 +45,9 @@ PARTITION_MOVES = Counter("xrx_partition_moves_total", "Partitions taken or rele
 READ_COUNT = 2000
 # Sessions closed recently per partition, so their stragglers do not reopen them.
 RECENTLY_CLOSED = 1000
+# How long after a lease is due to expire the balancer looks (Redis deletes expired keys
+# on access, so no more is needed than the round trip's jitter).
+EXPIRY_SLACK_S = 0.02
 
 
 class SessionHandler(Protocol):
@@ -175,7 +178,11 @@ class StageWorker:
             self.keeper.stop()
 
     async def _read_once(self) -> None:
-        parts = list(self.held.values())
+        # Not partitions whose lease has run out locally (a replica woken from a pause longer
+        # than the lease, before its keeper notices): reading them would take entries from
+        # their new holder, and acknowledging would delete what it has yet to handle. Their
+        # acknowledgements wait; the partitions are dropped or the lease renewed shortly.
+        parts = [p for p in self.held.values() if p.lease.valid()]
         if not parts:
             await asyncio.sleep(self.block_ms / 1000)
             return
@@ -334,7 +341,9 @@ class StageWorker:
     # --- partitions ----------------------------------------------------------------------
 
     async def _balance_forever(self, stop: asyncio.Event) -> None:
-        """Heartbeat, renew leases and rebalance, several times per lease."""
+        """Rebalance several times per lease, and again as soon as a lease held by another
+        replica is due to run out (its holder may have died: taking its partitions then,
+        rather than up to a period later, is a quarter of a lease off every failover)."""
         period = self.lease_ms / 4000
         backoff = Backoff()
         while not stop.is_set():
@@ -344,8 +353,11 @@ class StageWorker:
                 self.ready = self.keeper.alive
                 backoff.reset()
                 self._balance_now.clear()
+                wait_s = period
+                if (expiry := self.leases.soonest_expiry_s) is not None:
+                    wait_s = min(period, expiry + EXPIRY_SLACK_S)
                 try:
-                    await asyncio.wait_for(self._balance_now.wait(), timeout=period)
+                    await asyncio.wait_for(self._balance_now.wait(), timeout=wait_s)
                 except TimeoutError:
                     pass
             except TRANSIENT as err:

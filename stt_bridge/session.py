@@ -43,8 +43,10 @@ class SttSession(QueuedSession[UtteranceIn]):
         self.agent_wait_ms = agent_wait_ms
         self._held: list[str] = []  # transcripts waiting for the user to stop talking
         self._held_voice_end_ms = 0  # when the voice of the last of them stopped
+        self._held_voice_start_ms = 0  # when the voice of the first of them began
         # What the VAD said last about the user's voice, in stream order.
         self._speaking = False
+        self._speaking_since_ms = 0  # when the voice the VAD reports as going on began
         self._voice_end_ms = 0
         self._voice_changed = asyncio.Event()
         self._stream: StreamingStt | None = None
@@ -61,6 +63,7 @@ class SttSession(QueuedSession[UtteranceIn]):
                 await self._streaming().send(entry.pcm)
             case SpeechKind.SPEAKING | SpeechKind.QUIET:
                 self._speaking = entry.kind == SpeechKind.SPEAKING
+                self._speaking_since_ms = entry.voice_start_ms
                 self._voice_end_ms = entry.voice_end_ms or self._voice_end_ms
                 self._voice_changed.set()
             case SpeechKind.TENTATIVE:
@@ -106,6 +109,8 @@ class SttSession(QueuedSession[UtteranceIn]):
             return
         if text:
             TRANSCRIPTS.labels("ok").inc()
+            if not self._held:
+                self._held_voice_start_ms = utt.voice_start_ms
             self._held.append(text)
             self._held_voice_end_ms = utt.voice_end_ms
         else:
@@ -121,7 +126,11 @@ class SttSession(QueuedSession[UtteranceIn]):
 
         An utterance already queued joins only if it began within JOIN_GAP_MS of this one's
         end on the session's audio clock: utterances queued behind a failover or a slow STT
-        are separate turns, as they were said, not one merged message."""
+        are separate turns, as they were said, not one merged message. Likewise the user's
+        talking on holds the words only if that voice began within JOIN_GAP_MS of their end
+        (wall clock, as said): after a failover the transcript is late, and by then the user
+        may well be saying the next thing after a pause that made this one a turn of its
+        own."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + HOLD_LIMIT_S
         while self._held and loop.time() < deadline:
@@ -130,6 +139,8 @@ class SttSession(QueuedSession[UtteranceIn]):
                     return  # the next utterance is on its way and takes these words along
                 break
             if self._speaking:
+                if self._spoke_again_after_pause():
+                    break
                 wait_s = deadline - loop.time()
             else:
                 wait_s = (self._voice_end_ms + self.agent_wait_ms) / 1000 - time.time()
@@ -143,4 +154,12 @@ class SttSession(QueuedSession[UtteranceIn]):
         if self._held:
             text, self._held = " ".join(self._held), []
             await publish_transcript(self.r, self.sid, text, utterance_start_ms=utt.start_ms,
-                                     voice_end_ms=self._held_voice_end_ms)
+                                     voice_end_ms=self._held_voice_end_ms,
+                                     voice_start_ms=self._held_voice_start_ms)
+
+    def _spoke_again_after_pause(self) -> bool:
+        """The voice going on now began JOIN_GAP_MS or more after the held words ended: not
+        a pause mid-sentence, so they are a turn of their own (the queued-utterance rule,
+        applied to an utterance still being said)."""
+        return bool(self._speaking_since_ms and self._held_voice_end_ms
+                    and self._speaking_since_ms - self._held_voice_end_ms >= JOIN_GAP_MS)

@@ -95,7 +95,7 @@ async def test_turn_numbers_are_on_the_replica_once_handed_out(
     replica = connect(Settings(REDIS_URL=sentinel_redis.replica.url), name="test-replica")
     try:
         for _ in range(20):
-            n = await begin_turn(r, "durable-test")
+            n = (await begin_turn(r, "durable-test")).turn
             assert int(await replica.get(keys.turn_counter("durable-test")) or 0) == n
     finally:
         await r.aclose()

@@ -16,6 +16,7 @@ import pytest
 import soxr
 import torch
 
+from vad_worker import state as state_module
 from vad_worker.batch_vad import BatchVad
 from vad_worker.engine import VadEngine
 from vad_worker.events import SilenceStarted, SpeechStarted, Utterance, VadEvent
@@ -145,10 +146,12 @@ def test_state_round_trip_is_exact_and_rejects_garbage() -> None:
         gap=512,
         silence_start=-1,
         speech_started=True,
+        voice_start=124_800,
     )
     blob = st.to_bytes()
     back = SessionVadState.from_bytes(blob)
     assert back.to_bytes() == blob
+    assert back.voice_start == 124_800
     assert np.array_equal(back.rnn_state, st.rnn_state)
     assert np.array_equal(back.context, st.context)
     assert (back.session_id, back.remainder, back.buffer) == (
@@ -162,6 +165,21 @@ def test_state_round_trip_is_exact_and_rejects_garbage() -> None:
         SessionVadState.from_bytes(b"nope" + blob[4:])
     with pytest.raises(ValueError):
         SessionVadState.from_bytes(blob[:-1])
+
+
+def test_a_version_1_checkpoint_is_still_read() -> None:
+    """Written before states knew where the voice began (a rolling upgrade): read, with the
+    voice taken to begin where the utterance's audio does."""
+    st = SessionVadState("old", pos=9000, triggered=True, buf_start=8000, voiced=700,
+                         buffer=bytearray(b"\x01\x02" * 40), voice_start=8400)
+    blob = st.to_bytes()
+    fields = list(state_module._HEADER.unpack_from(blob))
+    del fields[9]  # voice_start
+    fields[1] = 1
+    v1 = state_module._HEADER_V1.pack(*fields) + blob[state_module._HEADER.size:]
+    back = SessionVadState.from_bytes(v1)
+    assert (back.pos, back.buf_start, back.voiced, back.buffer) == (9000, 8000, 700, st.buffer)
+    assert back.triggered and back.voice_start == 8000
 
 
 # --- segmentation rules on hand-written probabilities --------------------------------------
@@ -187,9 +205,11 @@ def test_short_voice_is_dropped_and_does_not_barge_in() -> None:
 
 def test_utterance_has_preroll_tail_and_exact_audio() -> None:
     events, stream = _feed([0.0] * 20 + [0.9] * 20 + [0.0] * 20)
-    assert starts(events) == [SpeechStarted("u", (20 + 8) * 32)]  # 8 windows >= 250 ms
+    # 8 windows >= 250 ms; the voice began with the first window over the threshold.
+    assert starts(events) == [SpeechStarted("u", (20 + 8) * 32, 20 * 32)]
     (utt,) = utterances(events)
     assert utt.start_ms == 20 * 32 - 300
+    assert utt.voice_start_ms == 20 * 32  # after the pre-roll: when the user began
     assert utt.end_ms == 40 * 32 + 150
     assert utt.pcm == stream[utt.start_ms * BYTES_PER_MS : utt.end_ms * BYTES_PER_MS]
 
@@ -263,6 +283,8 @@ def test_max_utterance_cut_is_contiguous() -> None:
     assert [u.end_ms - u.start_ms for u in utts[:2]] == [1000, 1000]
     for a, b in pairwise(utts):
         assert a.end_ms == b.start_ms
+        assert b.voice_start_ms == b.start_ms  # the voice goes on across the cut
+    assert utts[0].voice_start_ms == 20 * 32
     joined = b"".join(u.pcm for u in utts)
     assert joined == stream[utts[0].start_ms * BYTES_PER_MS : utts[-1].end_ms * BYTES_PER_MS]
     assert len(starts(events)) == len(utts)

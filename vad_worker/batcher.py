@@ -97,14 +97,14 @@ class VadBatcher:
             for event in events:
                 by_session.setdefault(event.session_id, []).append(event)
             acks: list[tuple[VadSession, list[bytes]]] = []
-            barge: list[VadSession] = []
+            barge: list[tuple[VadSession, int]] = []
             try:
                 async with self.r.pipeline(transaction=False) as p:
                     for session, ids, pcm in work:
                         found = by_session.get(session.sid, [])
                         acks.append((session, session.publish(p, found, ids, pcm)))
-                        if session.barge_in_due(found):
-                            barge.append(session)
+                        if (voice_ms := session.barge_in_voice(found)) is not None:
+                            barge.append((session, voice_ms))
                     await p.execute()
             except TRANSIENT as err:
                 # Unacknowledged, the audio is handled again by whoever holds the session
@@ -119,11 +119,11 @@ class VadBatcher:
             self._barge_ins.add(task)
             task.add_done_callback(self._barge_ins.discard)
 
-    async def _barge_in(self, sessions: list[VadSession]) -> None:
-        for session in sessions:
+    async def _barge_in(self, sessions: list[tuple[VadSession, int]]) -> None:
+        for session, voice_ms in sessions:
             token = CURRENT_LEASE.set(session.acker.lease)
             try:
-                await barge_in(self.r, session.sid)
+                await barge_in(self.r, session.sid, voice_ms)
             except LeaseLost:
                 pass
             except Exception:

@@ -10,11 +10,13 @@ class SpeechStarted:
     """The user has been talking long enough to count as barge-in (once per utterance).
 
     ``at_ms`` is the session's audio position when that became certain: the end of the
-    window that completed ``barge_in_min_ms`` of voice.
+    window that completed ``barge_in_min_ms`` of voice; ``voice_start_ms`` where that voice
+    began (barge-in cuts only a turn that started before it).
     """
 
     session_id: str
     at_ms: int
+    voice_start_ms: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +25,8 @@ class Utterance:
 
     ``start_ms``/``end_ms`` bound exactly the audio in ``pcm``, on the session's audio clock
     (milliseconds of audio received, not wall time); ``voice_end_ms`` is where the voice
-    stopped on that clock (``end_ms`` for a cut with the voice still going).
+    stopped on that clock (``end_ms`` for a cut with the voice still going), ``voice_start_ms``
+    where it began (after the pre-roll; ``start_ms`` for the piece after a cut).
     """
 
     session_id: str
@@ -31,6 +34,7 @@ class Utterance:
     start_ms: int
     end_ms: int
     voice_end_ms: int = -1
+    voice_start_ms: int = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,7 @@ class Segmenter:
                     del st.preroll[:excess]
                 return events
             st.triggered = True
+            st.voice_start = start
             st.buf_start = start - len(st.preroll) // SAMPLE_BYTES
             st.buffer = st.preroll + window
             st.preroll = bytearray()
@@ -154,7 +155,7 @@ class Segmenter:
 
         if not st.speech_started and st.run >= self._barge_min and st.run > 0:
             st.speech_started = True
-            events.append(SpeechStarted(st.session_id, _ms(end)))
+            events.append(SpeechStarted(st.session_id, _ms(end), _ms(st.voice_start)))
 
         if st.silence_start >= 0 and end - st.silence_start >= self._silence:
             if events and isinstance(events[-1], SilenceStarted):
@@ -192,7 +193,7 @@ class Segmenter:
             end = st.buf_start + len(pcm) // SAMPLE_BYTES
             voice_end = st.silence_start if 0 <= st.silence_start < end else end
             events.append(Utterance(st.session_id, pcm, _ms(st.buf_start), _ms(end),
-                                    _ms(voice_end)))
+                                    _ms(voice_end), _ms(max(st.voice_start, st.buf_start))))
 
     def _close(self, st: SessionVadState, cut: int, events: list[VadEvent]) -> None:
         """End the utterance at sample ``cut``; what follows becomes pre-roll again."""
@@ -220,5 +221,6 @@ class Segmenter:
         self._emit(st, bytes(st.buffer[: self._max_bytes]), events)
         del st.buffer[: self._max_bytes]
         st.buf_start += self._max_bytes // SAMPLE_BYTES
+        st.voice_start = st.buf_start
         st.voiced = st.run = st.gap = 0
         st.speech_started = False

@@ -22,6 +22,7 @@ from shared.messages import AudioIn, SpeechKind, UtteranceIn, error_reply
 from shared.ownership import Acker
 from shared.redis_io import Fields
 from vad_worker.events import SilenceStarted, SpeechStarted, Utterance, VadEvent
+from vad_worker.rechunk import SAMPLE_RATE
 from vad_worker.speculation import tentative_entry, wall_ms
 from vad_worker.state import SessionVadState
 
@@ -79,6 +80,9 @@ class VadSession:
         self.leaving = False  # being handed over: no new batch takes it up
         self._speaking = state.triggered
         self._shedding = False
+        # When the newest processed audio reached Redis (its entry id; Redis's clock): the
+        # wall-clock anchor of the session's audio clock.
+        self._live_ms = 0
 
     @classmethod
     async def restore(cls, r: Redis, sid: str, acker: Acker, batcher: VadBatcher, *,
@@ -147,10 +151,14 @@ class VadSession:
             # still publishes what it found: the checkpoint comes after it.
             self.leaving = True
             await self.batcher.settled(self)
-            async with self.r.pipeline(transaction=False) as p:
-                self._queue_checkpoint(p)
-                await p.execute()
-            self.acker.ack(*self.uncheckpointed)
+            # Only while the lease holds: a replica that lost it unawares (woken from a pause
+            # longer than the lease) would overwrite the newer checkpoint of the replica that
+            # ran the session meanwhile with its stale state.
+            if self.acker.lease.valid():
+                async with self.r.pipeline(transaction=False) as p:
+                    self._queue_checkpoint(p)
+                    await p.execute()
+                self.acker.ack(*self.uncheckpointed)
             self.uncheckpointed.clear()
         self.closed = True
 
@@ -170,12 +178,16 @@ class VadSession:
         if processed_ids:
             self._offset_id = processed_ids[-1]
             self.offset = entry_order(self._offset_id)
+            self._live_ms = self.offset[0]
+        elif not self._live_ms:
+            self._live_ms = int(time.time() * 1000)
         if self.forward_audio and pcm:
             topology.send(p, Stage.STT_BRIDGE,
                           UtteranceIn(session_id=self.sid, kind=SpeechKind.STREAM, pcm=pcm))
         for event in events:
             if isinstance(event, SilenceStarted) and not self.forward_audio:
-                topology.send(p, Stage.STT_BRIDGE, tentative_entry(self.sid, self.state, event))
+                topology.send(p, Stage.STT_BRIDGE,
+                              tentative_entry(self.sid, self.state, event, self._live_ms))
             elif isinstance(event, Utterance) and not self.forward_audio:
                 log.info("utterance", session_id=self.sid, start_ms=event.start_ms,
                          end_ms=event.end_ms)
@@ -185,7 +197,8 @@ class VadSession:
                 topology.send(p, Stage.STT_BRIDGE, UtteranceIn(
                     session_id=self.sid, kind=SpeechKind.UTTERANCE, pcm=event.pcm,
                     start_ms=event.start_ms, end_ms=event.end_ms,
-                    voice_end_ms=wall_ms(self.state, event.voice_end_ms)))
+                    voice_end_ms=self._wall(event.voice_end_ms),
+                    voice_start_ms=self._wall(event.voice_start_ms)))
         self._report_speaking(p, speaking=self.state.triggered)
         self.uncheckpointed += processed_ids
         if self.state.pos - self._checkpointed_pos >= CHECKPOINT_EVERY_SAMPLES or events:
@@ -194,15 +207,25 @@ class VadSession:
             return done
         return []
 
-    def barge_in_due(self, events: list[VadEvent]) -> bool:
-        return not self.closed and any(isinstance(e, SpeechStarted) for e in events)
+    def barge_in_voice(self, events: list[VadEvent]) -> int | None:
+        """When (wall clock) the voice that is long enough for barge-in began, if this batch
+        found one: barge-in cuts only a turn that started before it."""
+        if self.closed:
+            return None
+        return next((self._wall(e.voice_start_ms) for e in events
+                     if isinstance(e, SpeechStarted)), None)
+
+    def _wall(self, audio_ms: int) -> int:
+        return wall_ms(self.state, audio_ms, self._live_ms)
 
     def _report_speaking(self, p: Pipeline, *, speaking: bool) -> None:
         if speaking == self._speaking:
             return
         self._speaking = speaking
         if speaking:
-            entry = UtteranceIn(session_id=self.sid, kind=SpeechKind.SPEAKING)
+            entry = UtteranceIn(session_id=self.sid, kind=SpeechKind.SPEAKING,
+                                voice_start_ms=self._wall(
+                                    self.state.voice_start * 1000 // SAMPLE_RATE))
         else:
             entry = UtteranceIn(session_id=self.sid, kind=SpeechKind.QUIET,
                                 voice_end_ms=self._voice_end_ms())
@@ -210,7 +233,7 @@ class VadSession:
 
     def _voice_end_ms(self) -> int:
         # The utterance ended after silence_ms of silence: that is when the voice stopped.
-        return int(time.time() * 1000) - self.silence_ms
+        return self._live_ms - self.silence_ms
 
     def _queue_checkpoint(self, p: Pipeline) -> None:
         st = self.state

@@ -17,9 +17,11 @@ RNN_SHAPE = (2, 1, 128)
 CONTEXT_SAMPLES = 64
 
 _MAGIC = b"SVAD"
-_VERSION = 1
+_VERSION = 2
 # magic, version, flags, then the sample counters, then the variable-length blob sizes.
-_HEADER = struct.Struct("<4sBB6q4I")
+_HEADER = struct.Struct("<4sBB7q4I")
+# Version 1 (no voice_start): still read, so checkpoints survive a rolling upgrade.
+_HEADER_V1 = struct.Struct("<4sBB6q4I")
 _RNN_BYTES = int(np.prod(RNN_SHAPE)) * 4
 _CONTEXT_BYTES = CONTEXT_SAMPLES * 4
 _FLAG_TRIGGERED = 1
@@ -68,6 +70,9 @@ class SessionVadState:
     silence_start: int = -1
     # SpeechStarted already sent for the current utterance.
     speech_started: bool = False
+    # Where the voice of the current utterance began (the window that triggered it; for a
+    # piece after a cut at max_utterance_ms, the cut): when the user began saying it.
+    voice_start: int = 0
 
     def to_bytes(self, *, with_audio: bool = True) -> bytes:
         """The whole state; without ``with_audio``, the pre-roll and the utterance buffer are
@@ -88,6 +93,7 @@ class SessionVadState:
             self.run,
             self.gap,
             self.silence_start,
+            self.voice_start,
             len(sid),
             len(self.remainder),
             len(preroll),
@@ -107,11 +113,20 @@ class SessionVadState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SessionVadState:
-        if len(data) < _HEADER.size:
+        if len(data) < _HEADER_V1.size:
             raise ValueError("VAD state too short")
+        magic, version = data[:4], data[4]
+        if magic != _MAGIC or version not in (1, _VERSION):
+            raise ValueError(f"not a VAD state (magic {magic!r}, version {version})")
+        header = _HEADER if version == _VERSION else _HEADER_V1
+        if len(data) < header.size:
+            raise ValueError("VAD state too short")
+        fields = header.unpack_from(data)
+        if version == 1:  # the voice began where the buffer did, pre-roll included
+            fields = (*fields[:9], fields[4], *fields[9:])
         (
-            magic,
-            version,
+            _,
+            _,
             flags,
             pos,
             buf_start,
@@ -119,18 +134,17 @@ class SessionVadState:
             run,
             gap,
             silence_start,
+            voice_start,
             n_sid,
             n_rem,
             n_pre,
             n_buf,
-        ) = _HEADER.unpack_from(data)
-        if magic != _MAGIC or version != _VERSION:
-            raise ValueError(f"not a VAD state (magic {magic!r}, version {version})")
-        expected = _HEADER.size + _RNN_BYTES + _CONTEXT_BYTES + n_sid + n_rem + n_pre + n_buf
+        ) = fields
+        expected = header.size + _RNN_BYTES + _CONTEXT_BYTES + n_sid + n_rem + n_pre + n_buf
         if len(data) != expected:
             raise ValueError(f"VAD state is {len(data)} bytes, header says {expected}")
         mv = memoryview(data)
-        off = _HEADER.size
+        off = header.size
 
         def take(n: int) -> memoryview:
             nonlocal off
@@ -155,4 +169,5 @@ class SessionVadState:
             gap=gap,
             silence_start=silence_start,
             speech_started=bool(flags & _FLAG_SPEECH_STARTED),
+            voice_start=voice_start,
         )
