@@ -1,11 +1,25 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.harness import Proc, RedisServer, free_port, wait_ready
+
+
+@asynccontextmanager
+async def flushed_db(redis: RedisServer, db: int) -> AsyncIterator[aioredis.Redis]:
+    """A client of ``db`` on the test Redis, emptied first: for tests that drive Redis keys
+    directly (each module its own db, beside the module-scoped systems' dbs)."""
+    client = aioredis.from_url(f"redis://127.0.0.1:{redis.port}/{db}")
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from shared.keys import Stage
 from shared.leases import Lease
 from shared.messages import AgentInput
 from shared.ownership import Partition, StageWorker
+from tests.conftest import flushed_db
 from tests.harness import RedisServer
 from vad_worker.segmenter import VadParams
 from vad_worker.session import OFFSET_FIELD, VadSession
@@ -27,10 +28,8 @@ from vad_worker.state import SessionVadState
 
 @pytest.fixture
 async def r(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(f"redis://127.0.0.1:{redis_server.port}/12")
-    await client.flushdb()
-    yield client
-    await client.aclose()
+    async with flushed_db(redis_server, 12) as client:
+        yield client
 
 
 class Acks:

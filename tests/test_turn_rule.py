@@ -25,6 +25,7 @@ from shared.turns import (
     mark_turn_started,
     supersedes,
 )
+from tests.conftest import flushed_db
 from tests.harness import RedisServer
 
 T0 = 1_700_000_000_000  # a wall-clock instant, ms
@@ -76,10 +77,8 @@ def test_the_agent_bridge_cancels_only_for_an_input_that_brings_a_fence() -> Non
 
 @pytest.fixture
 async def r(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(f"redis://127.0.0.1:{redis_server.port}/10")
-    await client.flushdb()
-    yield client
-    await client.aclose()
+    async with flushed_db(redis_server, 10) as client:
+        yield client
 
 
 async def _state(r: aioredis.Redis, sid: str, *, last: int, fence: int, started_turn: int,
