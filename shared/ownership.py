@@ -64,7 +64,7 @@ class Acker:
     sent with the replica's next read (at most one read's block later). An entry several
     sessions share (an audio batch) is acknowledged once every one of them has."""
 
-    def __init__(self, partition: Partition, sid: str = "") -> None:
+    def __init__(self, partition: Partition, sid: str) -> None:
         self._partition, self._sid = partition, sid
 
     def ack(self, *entry_ids: bytes) -> None:
