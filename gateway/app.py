@@ -17,7 +17,7 @@ from starlette.routing import Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway import inbound, resume, sessions
+from gateway import inbound, reply_trim, resume, sessions
 from gateway.audio_ingest import AudioIngest
 from gateway.auth import AuthResult, check_api_key
 from gateway.metrics import AUTH_FAILURES, BAD_FRAMES, CONNECTIONS, FRAMES_IN
@@ -25,7 +25,7 @@ from gateway.outage import OutageNotices
 from gateway.outlet import Outlet
 from gateway.placement import Placement
 from gateway.replies import ReplyReader, stop_task
-from shared import keys
+from shared import keys, topology
 from shared.config import DEFAULT_API_KEY, Settings
 from shared.health import health_routes
 from shared.messages import (
@@ -203,8 +203,9 @@ class Gateway:
         replaced = self.reader.add(outlet)
         if replaced is not None:  # the same session, still connected here
             await self._hand_off(replaced)
-        entries, trimmed = await resume.missed(self.r, sid, req.last_id,
-                                               self.reader.position(sid))
+        entries, trimmed = await resume.missed(
+            self.r, sid, req.last_id, self.reader.position(sid),
+            topology.reply_keep_s(self.settings.SESSION_TTL_S))
         await outlet.ws.send_text(self._session_message(sid, req, resumed=True,
                                                         replayed=len(entries),
                                                         trimmed=trimmed))
@@ -321,7 +322,8 @@ def create_app(settings: Settings) -> Starlette:
         holder["gw"] = gw
         tasks = [asyncio.create_task(gw.reader.run()), asyncio.create_task(gw.audio.run()),
                  asyncio.create_task(gw.keep_sessions_alive()),
-                 asyncio.create_task(gw.notices.probe(r))]
+                 asyncio.create_task(gw.notices.probe(r)),
+                 asyncio.create_task(reply_trim.trim_forever(r, settings.SESSION_TTL_S))]
         log.info("gateway started", gateway_id=gw.gateway_id)
         try:
             yield

@@ -92,9 +92,15 @@ async def take_over(r: Redis, sid: str, gateway_id: str, ttl_s: int) -> bool:
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
-async def missed(r: Redis, sid: str, after: bytes, upto: bytes) -> tuple[Entries, bool]:
+async def missed(r: Redis, sid: str, after: bytes, upto: bytes,
+                 keep_s: float) -> tuple[Entries, bool]:
     """The session's reply entries with ``after < id <= upto``, oldest first, and whether the
-    partition may have been trimmed past ``after`` (replies lost to ``REPLY_MAXLEN``)."""
+    partition may have been trimmed past ``after`` by its count cap (``REPLY_MAXLEN``).
+
+    Trimming by age (gateway/reply_trim.py) loses nothing a resume can ask for: it keeps
+    ``keep_s``, longer than a session waits for its client. Only the count cap cuts into that
+    window, and a partition it trims stays at ``REPLY_MAXLEN`` entries or more until the age
+    trim takes over again; a quiet client's old ``last_id`` is no sign of loss by itself."""
     stream = keys.reply_partition(topology.partition_of(sid))
     out: Entries = []
     start = b"(" + after
@@ -106,6 +112,13 @@ async def missed(r: Redis, sid: str, after: bytes, upto: bytes) -> tuple[Entries
         start = b"(" + batch[-1][0]
     trimmed = False
     if after != b"0-0":
-        first = cast(Entries, await r.xrange(stream, count=1))
-        trimmed = bool(first) and id_key(first[0][0]) > id_key(after)
+        async with r.pipeline(transaction=False) as p:
+            p.xrange(stream, count=1)
+            p.xlen(stream)
+            p.time()
+            first, length, (secs, micros) = await p.execute()
+        now_ms = int(secs) * 1000 + int(micros) // 1000
+        trimmed = (bool(first) and id_key(first[0][0]) > id_key(after)
+                   and length >= topology.REPLY_MAXLEN
+                   and id_key(first[0][0])[0] > now_ms - keep_s * 1000)
     return out, trimmed

@@ -173,6 +173,12 @@ async def redis_client(settings: Settings, *, name: str = "xrx") -> AsyncIterato
         await client.aclose()
 
 
+async def redis_now_ms(r: Redis) -> int:
+    """Redis's clock, in ms: the clock stream entry ids are made from."""
+    secs, micros = await r.time()
+    return int(secs) * 1000 + int(micros) // 1000
+
+
 async def ping(r: Redis) -> bool:
     try:
         return bool(await r.ping())

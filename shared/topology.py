@@ -66,8 +66,16 @@ PIPELINE: tuple[StageSpec, ...] = (
 )
 SPECS: dict[Stage, StageSpec] = {spec.stage: spec for spec in PIPELINE}
 
-# Replies kept per partition: what a slow or reconnecting reader can still get.
+# Replies kept per partition at most, whatever their age (gateway/reply_trim.py trims by age).
 REPLY_MAXLEN = 5_000
+# Replies are kept this long past the resume window (SESSION_TTL_S after a drop): what a client
+# that was lagging behind when it dropped may still miss.
+REPLY_GRACE_S = 30
+
+
+def reply_keep_s(session_ttl_s: int) -> int:
+    """How long a reply stays in its partition: long enough for any resume to replay it."""
+    return session_ttl_s + REPLY_GRACE_S
 
 DEFAULT_PARTITIONS = 32
 _partitions = DEFAULT_PARTITIONS
@@ -134,6 +142,13 @@ def reply(w: Writer, entry: Reply) -> Any:
         raise ValueError("a reply must name its session")
     return w.xadd(keys.reply_partition(partition_of(entry.session_id)), entry.encode(),
                   maxlen=REPLY_MAXLEN, approximate=True)
+
+
+def trim_replies(w: Writer, min_ms: int) -> None:
+    """Queue the trim of every reply partition to entries at or after ``min_ms`` (Redis's
+    clock; whole macro nodes only, which keeps it cheap)."""
+    for stream in reply_streams():
+        w.xtrim(stream, minid=f"{min_ms}-0", approximate=True)
 
 
 def close_markers(sid: str) -> list[tuple[Stage, Entry]]:
