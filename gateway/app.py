@@ -65,7 +65,8 @@ class Gateway:
         self.reader = ReplyReader(r)
         self.notices = OutageNotices(lambda sid, text: self._tell(sid, text, MsgType.ERROR),
                                      lambda sid, text: self._tell(sid, text, MsgType.INFO))
-        self.audio = AudioIngest(r, self.notices)
+        # Twice what the VAD takes: a take-over replays up to ~3 s from a checkpoint.
+        self.audio = AudioIngest(r, self.notices, keep_ms=2 * settings.VAD_MAX_LAG_MS)
         self.placement = Placement(r)
 
     def _tell(self, sid: str, text: str, type_: MsgType) -> None:

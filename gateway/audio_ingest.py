@@ -8,6 +8,10 @@ same idea as the VAD batcher). Frames of one session keep their order: one queue
 
 A failed write loses the batch's audio: each session in it is told once per outage
 (gateway/outage.py), and told again once a later write succeeds.
+
+Each write also trims the partitions to the last ``keep_ms`` of audio, on Redis's clock (read
+in the same round trip, used by the next write): a VAD that falls behind finds its oldest
+audio gone instead of Redis growing, and it sheds and reports what comes too late anyway.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ BATCH_FRAMES = Histogram("xrx_gateway_audio_batch_frames", "Audio frames per Red
 
 
 class AudioIngest:
-    def __init__(self, r: Redis, notices: OutageNotices) -> None:
-        """``notices`` hears which sessions lost frames, and when writes succeed again."""
-        self.r, self.notices = r, notices
+    def __init__(self, r: Redis, notices: OutageNotices, keep_ms: int) -> None:
+        """``notices`` hears which sessions lost frames, and when writes succeed again;
+        ``keep_ms`` is how much audio the VAD partitions keep."""
+        self.r, self.notices, self.keep_ms = r, notices, keep_ms
+        self._redis_ms: int | None = None  # Redis's clock at the last write
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(MAX_WAITING)
 
     async def put(self, sid: str, pcm: bytes) -> None:
@@ -76,6 +82,10 @@ class AudioIngest:
             await asyncio.sleep(max(0.0, started + WRITE_INTERVAL_S - loop.time()))
 
     async def _write(self, by_session: dict[str, list[bytes]]) -> None:
+        keep_after = None if self._redis_ms is None else self._redis_ms - self.keep_ms
         async with self.r.pipeline(transaction=False) as p:
-            topology.send_audio(p, {sid: b"".join(frames) for sid, frames in by_session.items()})
-            await p.execute()
+            topology.send_audio(p, {sid: b"".join(frames) for sid, frames in by_session.items()},
+                                keep_after)
+            p.time()
+            *_, (secs, micros) = await p.execute()
+        self._redis_ms = int(secs) * 1000 + int(micros) // 1000

@@ -119,6 +119,7 @@ class StageWorker:
         self.r, self.stage, self.consumer, self.factory = r, stage, consumer, factory
         self.lease_ms, self.block_ms, self.reap_every_s = lease_ms, block_ms, reap_every_s
         self.group = stage.value
+        self.read_count = topology.SPECS[stage].read_count
         self.leases = Leases(r, stage, consumer, topology.partitions(), lease_ms)
         self._balance_now = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -191,7 +192,7 @@ class StageWorker:
             async with self.r.pipeline(transaction=False) as p:
                 acked = self._queue_acks(p, parts)
                 p.xreadgroup(self.group, self.consumer, {part.stream: ">" for part in parts},
-                             count=READ_COUNT, block=self.block_ms)
+                             count=self.read_count, block=self.block_ms)
                 try:
                     *_, batch = await p.execute()
                 except BaseException:

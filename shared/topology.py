@@ -47,14 +47,19 @@ class StageSpec:
     close: Entry  # the marker that ends a session at this stage (session_id filled in)
     fed_by: tuple[str, ...]  # who writes to it, for readers of this table
     # Entries kept per partition stream at most: a backstop against unbounded growth when
-    # the stage falls behind (the VAD sheds late audio before this is reached).
+    # the stage falls behind. The VAD's input is trimmed by age instead (send_audio).
     maxlen: int
+    # Entries a replica reads per partition per round: what one read may hold in memory.
+    read_count: int = 2000
 
 
 PIPELINE: tuple[StageSpec, ...] = (
-    # ~12 s of audio per partition at 500 sessions: more than the VAD ever uses (it sheds audio
-    # older than VAD_MAX_LAG_MS), about 200 MB in all at most.
-    StageSpec(Stage.VAD, AudioIn, AudioIn(close=True), ("gateway",), maxlen=5_000),
+    # An entry holds 40 ms of audio of every session of its partition (one per gateway write),
+    # so entries say nothing about bytes or time: the gateway trims by age (send_audio), and
+    # maxlen only bounds a partition before the gateway knows Redis's clock. 50 entries a read
+    # is 2 s of the partition's audio: enough to catch up, and a bounded read at any load.
+    StageSpec(Stage.VAD, AudioIn, AudioIn(close=True), ("gateway",), maxlen=5_000,
+              read_count=50),
     # Utterances are large (up to VAD_MAX_UTTERANCE_MS of audio): minutes of them per
     # partition at 500 sessions, while no stt-bridge runs.
     StageSpec(Stage.STT_BRIDGE, UtteranceIn, UtteranceIn(kind=SpeechKind.CLOSE), ("vad",),
@@ -120,10 +125,13 @@ def send(w: Writer, stage: Stage, entry: Entry) -> Any:
                   approximate=True)
 
 
-def send_audio(w: Writer, frames: dict[str, bytes]) -> None:
+def send_audio(w: Writer, frames: dict[str, bytes], keep_after_ms: int | None = None) -> None:
     """Queue client audio for the VAD stage on pipeline ``w``: one entry per partition,
     holding the audio of every session in ``frames`` that hashes to it (messages.audio_batch).
-    """
+
+    ``keep_after_ms`` (Redis's clock) trims each partition to the audio written after it:
+    audio older than the VAD takes (``VAD_MAX_LAG_MS``) is shed there anyway, and an input
+    that keeps growing while the VAD is behind is what overload must not do to Redis."""
     spec = SPECS[Stage.VAD]
     by_partition: dict[int, dict[str, bytes]] = {}
     for sid, pcm in frames.items():
@@ -131,8 +139,11 @@ def send_audio(w: Writer, frames: dict[str, bytes]) -> None:
             raise ValueError("an entry must name its session")
         by_partition.setdefault(partition_of(sid), {})[sid] = pcm
     for n, part in by_partition.items():
-        w.xadd(keys.stage_partition(Stage.VAD, n), audio_batch(part), maxlen=spec.maxlen,
-               approximate=True)
+        stream = keys.stage_partition(Stage.VAD, n)
+        if keep_after_ms is None:
+            w.xadd(stream, audio_batch(part), maxlen=spec.maxlen, approximate=True)
+        else:
+            w.xadd(stream, audio_batch(part), minid=f"{keep_after_ms}-0", approximate=True)
 
 
 def reply(w: Writer, entry: Reply) -> Any:

@@ -17,8 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.outage import AUDIO_UNAVAILABLE, AVAILABLE_AGAIN
-from shared import keys
+from shared import keys, topology
 from shared.history import history_kept
+from shared.keys import Stage
 from tests.conftest import TextSystem, make_env
 from tests.harness import Client, RedisServer, is_signal, summary, texts, wait_ready
 
@@ -229,3 +230,30 @@ async def test_a_stalled_vad_tells_the_client_once_per_episode(vad_system: TextS
     # Dozens of entries were dropped per stall: one message for each.
     assert len(shed) == 2, summary(streamer.messages)
     assert all(m["user"] == "system" and m["type"] == "error" for m in shed)
+
+
+@pytest.mark.voice
+async def test_audio_waiting_for_a_stalled_vad_is_bounded_in_redis(vad_system: TextSystem) -> None:
+    vad = vad_system.procs["vad-worker"].proc
+    assert vad is not None
+    streamers = [Streamer(await Client.connect(vad_system.gateway_port)) for _ in range(3)]
+    r = aioredis.from_url(f"redis://127.0.0.1:{vad_system.redis.port}/9")
+    try:
+        await asyncio.sleep(1.0)
+        vad.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(3.0)  # six times what the VAD would take (VAD_MAX_LAG_MS 500)
+        spans = []
+        for n in range(topology.partitions()):
+            stream = keys.stage_partition(Stage.VAD, n)
+            first = cast(list[tuple[bytes, object]], await r.xrange(stream, count=1))
+            last = cast(list[tuple[bytes, object]], await r.xrevrange(stream, count=1))
+            if first:
+                spans.append(int(last[0][0].split(b"-")[0]) - int(first[0][0].split(b"-")[0]))
+        # The audio 3 s of stall piled up is cut to the last 2 x VAD_MAX_LAG_MS (plus the
+        # one write interval the trim lags by), not kept for the VAD to shed later.
+        assert spans and max(spans) <= 2 * 500 + 100, spans
+    finally:
+        vad.send_signal(signal.SIGCONT)
+        for s in streamers:
+            await s.stop()
+        await r.aclose()
