@@ -8,8 +8,8 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketState
 
 from gateway.metrics import FENCED_DROPPED, REPLIES_OUT
-from gateway.resume import id_key
 from shared.messages import REPLY_ID, MsgType, Reply, Signal, User, client_message
+from shared.redis_io import id_key
 from shared.turns import is_fenced
 
 log = structlog.get_logger(__name__)

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from shared import keys, topology
 from shared.messages import session_of
+from shared.redis_io import id_key
 
 SESSION_ID_PARAM = "session_id"
 LAST_ID_PARAM = "last_id"
@@ -63,12 +64,6 @@ def parse_request(params: dict[str, str]) -> ResumeRequest:
         raise ResumeError(f"invalid {LAST_ID_PARAM}: expected a reply id such as 1712345678901-0")
     return ResumeRequest(session_info=True, session_id=sid,
                          last_id=(last or "0-0").encode())
-
-
-def id_key(entry_id: bytes) -> tuple[int, int]:
-    """A stream id as a sortable pair (bytes compare wrongly: b"9-0" > b"10-0")."""
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
 
 
 # Take a session over if it still exists: the record names the new gateway and its TTL starts

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -31,7 +31,7 @@ from shared import keys, topology
 from shared.keys import Stage
 from shared.leases import CURRENT_LEASE, Lease, LeaseKeeper, Leases, plan, share
 from shared.messages import entry_parts
-from shared.redis_io import TRANSIENT, Backoff, Fields, ensure_group
+from shared.redis_io import TRANSIENT, Backoff, Fields, ensure_group, id_key
 from shared.session_record import expire_session
 
 log = structlog.get_logger(__name__)
@@ -87,6 +87,13 @@ class Partition:
         # Shared entries -> the sessions yet to acknowledge them.
         self.shared: dict[bytes, set[str]] = {}
         self.closed: dict[str, None] = {}  # insertion-ordered set
+        # The newest entry this replica has dispatched from the partition: any entry pending
+        # under its name past this one was delivered by a read whose reply never arrived.
+        self.last_read = b"0-0"
+
+    def dispatched(self, entries: list[tuple[bytes, Fields | None]]) -> None:
+        if entries and id_key(entries[-1][0]) > id_key(self.last_read):
+            self.last_read = entries[-1][0]
 
     def share(self, entry_id: bytes, sids: list[str]) -> None:
         self.shared[entry_id] = set(sids)
@@ -115,8 +122,14 @@ class Partition:
 class StageWorker:
     def __init__(self, r: Redis, keeper_client: SyncRedis, stage: Stage, consumer: str,
                  factory: HandlerFactory, *, lease_ms: int = 2000, block_ms: int = 250,
-                 reap_every_s: float = 5.0) -> None:
+                 reap_every_s: float = 5.0, reader: Redis | None = None) -> None:
+        """``reader`` serves the partition reads: a client that does not retry a command
+        after a connection error (see ``_read_once``); ``r`` by default."""
         self.r, self.stage, self.consumer, self.factory = r, stage, consumer, factory
+        self.reader = reader or r
+        # A read failed: what it may have delivered is read again from this replica's own
+        # pending entries before anything new.
+        self._reread = False
         self.lease_ms, self.block_ms, self.reap_every_s = lease_ms, block_ms, reap_every_s
         self.group = stage.value
         self.read_count = topology.SPECS[stage].read_count
@@ -189,20 +202,44 @@ class StageWorker:
             return
         self._reading = asyncio.get_running_loop().create_future()
         try:
-            async with self.r.pipeline(transaction=False) as p:
+            if self._reread:
+                await self._read_delivered_unseen(parts)
+            async with self.reader.pipeline(transaction=False) as p:
                 acked = self._queue_acks(p, parts)
                 p.xreadgroup(self.group, self.consumer, {part.stream: ">" for part in parts},
                              count=self.read_count, block=self.block_ms)
                 try:
                     *_, batch = await p.execute()
                 except BaseException:
+                    # Redis may have run the read and lost only its reply: the entries it
+                    # delivered sit pending under this replica's name, seen by no one. The
+                    # reader does not retry, so nothing newer is read before they are.
+                    self._reread = True
                     self._requeue_acks(acked)
                     raise
         finally:
             self._reading.set_result(None)
+        await self._dispatch_batch(batch)
+
+    async def _read_delivered_unseen(self, parts: list[Partition]) -> None:
+        """Dispatch the entries a failed read delivered: this replica's pending entries past
+        the last one it dispatched (XREADGROUP with an id reads the reader's own history)."""
+        batch = cast(list[tuple[bytes, list[tuple[bytes, Fields | None]]]],
+                     await self.reader.xreadgroup(
+                         self.group, self.consumer,
+                         {part.stream: part.last_read for part in parts}, count=READ_COUNT))
+        self._reread = False
+        found = sum(len(entries) for _, entries in batch or [])
+        if found:
+            log.warning("entries delivered by a failed read handled now",
+                        stage=self.stage.value, entries=found)
+        await self._dispatch_batch(batch)
+
+    async def _dispatch_batch(self, batch: Any) -> None:
         for stream, entries in batch or []:
             part = self._by_stream.get(stream)
             if part is not None:
+                part.dispatched(entries)
                 await self._dispatch(part, entries)
 
     def _queue_acks(self, p: Pipeline, parts: list[Partition]
@@ -405,6 +442,7 @@ class StageWorker:
             nxt, claimed, _ = await self.r.xautoclaim(part.stream, self.group, self.consumer,
                                                       0, start, count=READ_COUNT)
             reclaimed += len(claimed)
+            part.dispatched(claimed)
             await self._dispatch(part, claimed)
             start = nxt.decode() if isinstance(nxt, bytes) else str(nxt)
             if start == "0-0" or not claimed:
@@ -444,6 +482,7 @@ class StageWorker:
                 continue  # Redis away, or back empty (NOGROUP: the read loop recreates it)
             log.warning("entries read by a former holder claimed back", stage=self.stage.value,
                         partition=part.n, entries=len(claimed))
+            part.dispatched(claimed)
             await self._dispatch(part, claimed)
 
     async def _drop(self, ns: list[int], *, lost: bool = False) -> None:

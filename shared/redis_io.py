@@ -60,10 +60,10 @@ class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """A Sentinel-managed pool that waits for a free connection instead of failing at once."""
 
 
-def _retry() -> Retry:
+def _retry(retries: int) -> Retry:
     # redis.asyncio's Retry: the synchronous redis.retry.Retry, given to an asyncio client,
     # returns the coroutine without awaiting it and never retries anything.
-    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries)
 
 
 def _keepalive() -> dict[int, int]:
@@ -75,9 +75,10 @@ def _keepalive() -> dict[int, int]:
     return opts
 
 
-def connect(settings: Settings, *, name: str = "xrx") -> Redis:
+def connect(settings: Settings, *, name: str = "xrx", retries: int = 3) -> Redis:
     """The process's client: a blocking pool sized for it, transient failures retried with
-    exponential backoff, and in Sentinel mode the current primary followed across failovers."""
+    exponential backoff (``retries`` times: 0 for a caller that must see every failure), and
+    in Sentinel mode the current primary followed across failovers."""
     global _wait
     max_connections = settings.REDIS_MAX_CONNECTIONS or DEFAULT_MAX_CONNECTIONS.get(
         name, WORKER_MAX_CONNECTIONS)
@@ -90,7 +91,7 @@ def connect(settings: Settings, *, name: str = "xrx") -> Redis:
         socket_keepalive=True,
         socket_keepalive_options=_keepalive(),
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        retry=_retry(),
+        retry=_retry(retries),
         retry_on_error=[rexc.ConnectionError, rexc.TimeoutError],
         max_connections=max_connections,
         timeout=settings.REDIS_POOL_TIMEOUT_S,
@@ -171,6 +172,12 @@ async def redis_client(settings: Settings, *, name: str = "xrx") -> AsyncIterato
         yield client
     finally:
         await client.aclose()
+
+
+def id_key(entry_id: bytes) -> tuple[int, int]:
+    """A stream id as a sortable pair (bytes compare wrongly: b"9-0" > b"10-0")."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 async def redis_now_ms(r: Redis) -> int:

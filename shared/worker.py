@@ -53,7 +53,11 @@ async def _serve(stage: Stage, settings: Settings, setup: Setup) -> None:
     consumer = consumer_name(settings)
     async with setup(settings, r) as factory:
         keeper = connect_sync(settings, name=f"{process_name(stage)}-lease")
-        worker = StageWorker(r, keeper, stage, consumer, factory, lease_ms=settings.LEASE_MS)
+        # Partition reads are never retried by the client: a retry after a lost reply would
+        # read on past what the lost one delivered (StageWorker._read_once).
+        reader = connect(settings, name=f"{process_name(stage)}-read", retries=0)
+        worker = StageWorker(r, keeper, stage, consumer, factory, lease_ms=settings.LEASE_MS,
+                             reader=reader)
 
         async def ready() -> bool:
             return worker.ready and await ping(r)
@@ -67,6 +71,7 @@ async def _serve(stage: Stage, settings: Settings, setup: Setup) -> None:
             if health is not None:
                 await health.stop()
             log.info("worker stopped", stage=stage.value)
+            await reader.aclose()
     await r.aclose()
 
 

@@ -20,7 +20,7 @@ from shared import keys, topology
 from shared.keys import Stage
 from shared.messages import AudioIn, SpeechKind, UtteranceIn, error_reply
 from shared.ownership import Acker
-from shared.redis_io import Fields
+from shared.redis_io import Fields, id_key
 from vad_worker.events import SilenceStarted, SpeechStarted, Utterance, VadEvent
 from vad_worker.rechunk import SAMPLE_RATE
 from vad_worker.speculation import tentative_entry, wall_ms
@@ -53,11 +53,6 @@ return 1
 """
 
 
-def entry_order(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
-
-
 class VadSession:
     """Per-session audio queue in front of the shared batcher."""
 
@@ -71,7 +66,7 @@ class VadSession:
         self.max_lag_ms = max_lag_ms
         self.pending: list[tuple[bytes, bytes]] = []  # (entry id, pcm) not yet processed
         self.uncheckpointed: list[bytes] = []
-        self.offset = entry_order(offset)  # the last entry the state has consumed
+        self.offset = id_key(offset)  # the last entry the state has consumed
         self._offset_id = offset
         self._checkpointed_pos = state.pos
         self._saved_start = state.buf_start if state.triggered else -1
@@ -116,7 +111,7 @@ class VadSession:
             await self.r.delete(keys.checkpoint(self.sid, Stage.VAD),
                                 keys.checkpoint_audio(self.sid, Stage.VAD))
             return True
-        order = entry_order(entry_id)
+        order = id_key(entry_id)
         if order <= self.offset:
             self.acker.ack(entry_id)  # consumed before the checkpoint this state came from
             return False
@@ -177,7 +172,7 @@ class VadSession:
             return []
         if processed_ids:
             self._offset_id = processed_ids[-1]
-            self.offset = entry_order(self._offset_id)
+            self.offset = id_key(self._offset_id)
             self._live_ms = self.offset[0]
         elif not self._live_ms:
             self._live_ms = int(time.time() * 1000)
