@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from gateway.outage import OutageNotices
 from shared import topology
-from shared.redis_io import TRANSIENT
+from shared.redis_io import TRANSIENT, time_ms
 
 log = structlog.get_logger(__name__)
 
@@ -87,5 +87,5 @@ class AudioIngest:
             topology.send_audio(p, {sid: b"".join(frames) for sid, frames in by_session.items()},
                                 keep_after)
             p.time()
-            *_, (secs, micros) = await p.execute()
-        self._redis_ms = int(secs) * 1000 + int(micros) // 1000
+            *_, now = await p.execute()
+        self._redis_ms = time_ms(now)

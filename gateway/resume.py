@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from shared import keys, topology
 from shared.messages import session_of
-from shared.redis_io import id_key
+from shared.redis_io import id_key, time_ms
 
 SESSION_ID_PARAM = "session_id"
 LAST_ID_PARAM = "last_id"
@@ -111,8 +111,8 @@ async def missed(r: Redis, sid: str, after: bytes, upto: bytes,
             p.xrange(stream, count=1)
             p.xlen(stream)
             p.time()
-            first, length, (secs, micros) = await p.execute()
-        now_ms = int(secs) * 1000 + int(micros) // 1000
+            first, length, now = await p.execute()
+        now_ms = time_ms(now)
         trimmed = (bool(first) and id_key(first[0][0]) > id_key(after)
                    and length >= topology.REPLY_MAXLEN
                    and id_key(first[0][0])[0] > now_ms - keep_s * 1000)

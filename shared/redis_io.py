@@ -180,10 +180,15 @@ def id_key(entry_id: bytes) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-async def redis_now_ms(r: Redis) -> int:
-    """Redis's clock, in ms: the clock stream entry ids are made from."""
-    secs, micros = await r.time()
+def time_ms(reply: Any) -> int:
+    """A ``TIME`` reply (seconds, microseconds) in ms: the clock stream entry ids use."""
+    secs, micros = reply
     return int(secs) * 1000 + int(micros) // 1000
+
+
+async def redis_now_ms(r: Redis) -> int:
+    """Redis's clock, in ms."""
+    return time_ms(await r.time())
 
 
 async def ping(r: Redis) -> bool:

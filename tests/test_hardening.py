@@ -20,6 +20,7 @@ from gateway.outage import AUDIO_UNAVAILABLE, AVAILABLE_AGAIN
 from shared import keys, topology
 from shared.history import history_kept
 from shared.keys import Stage
+from shared.redis_io import id_key
 from tests.conftest import TextSystem, make_env
 from tests.harness import Client, RedisServer, is_signal, summary, texts, wait_ready
 
@@ -248,7 +249,7 @@ async def test_audio_waiting_for_a_stalled_vad_is_bounded_in_redis(vad_system: T
             first = cast(list[tuple[bytes, object]], await r.xrange(stream, count=1))
             last = cast(list[tuple[bytes, object]], await r.xrevrange(stream, count=1))
             if first:
-                spans.append(int(last[0][0].split(b"-")[0]) - int(first[0][0].split(b"-")[0]))
+                spans.append(id_key(last[0][0])[0] - id_key(first[0][0])[0])
         # The audio 3 s of stall piled up is cut to the last 2 x VAD_MAX_LAG_MS (plus the
         # one write interval the trim lags by), not kept for the VAD to shed later.
         assert spans and max(spans) <= 2 * 500 + 100, spans
