@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -76,6 +76,8 @@ class Acker:
 
 
 HandlerFactory = Callable[[str, Acker], Awaitable[SessionHandler]]
+# What XREADGROUP returns: per stream, its entries (fields None when trimmed while pending).
+ReadBatch = list[tuple[bytes, list[tuple[bytes, Fields | None]]]]
 
 
 class Partition:
@@ -224,10 +226,9 @@ class StageWorker:
     async def _read_delivered_unseen(self, parts: list[Partition]) -> None:
         """Dispatch the entries a failed read delivered: this replica's pending entries past
         the last one it dispatched (XREADGROUP with an id reads the reader's own history)."""
-        batch = cast(list[tuple[bytes, list[tuple[bytes, Fields | None]]]],
-                     await self.reader.xreadgroup(
-                         self.group, self.consumer,
-                         {part.stream: part.last_read for part in parts}, count=READ_COUNT))
+        batch = cast(ReadBatch, await self.reader.xreadgroup(
+            self.group, self.consumer, {part.stream: part.last_read for part in parts},
+            count=READ_COUNT))
         self._reread = False
         found = sum(len(entries) for _, entries in batch or [])
         if found:
@@ -235,7 +236,7 @@ class StageWorker:
                         stage=self.stage.value, entries=found)
         await self._dispatch_batch(batch)
 
-    async def _dispatch_batch(self, batch: Any) -> None:
+    async def _dispatch_batch(self, batch: ReadBatch | None) -> None:
         for stream, entries in batch or []:
             part = self._by_stream.get(stream)
             if part is not None:
