@@ -36,7 +36,7 @@ WINDOWS_PER_S = 16000 / 512
 
 # --- the WebSocket receive floor -------------------------------------------------------------
 
-def serve(port: int) -> None:
+def serve(port: int, ws_impl: str = "auto") -> None:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.routing import WebSocketRoute
@@ -56,7 +56,7 @@ def serve(port: int) -> None:
     app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
     # As the gateway runs it (gateway/main.py).
     uvicorn.run(app, host="127.0.0.1", port=port, ws_per_message_deflate=False,
-                log_level="warning")
+                log_level="warning", ws=ws_impl)
 
 
 async def _client(port: int, seconds: float, start: float) -> None:
@@ -77,12 +77,13 @@ async def _client(port: int, seconds: float, start: float) -> None:
         reader.cancel()
 
 
-def ws_floor(n: int, seconds: float) -> float:
+def ws_floor(n: int, seconds: float, ws_impl: str = "auto") -> float:
     """Server CPU, % of one core per session, over ``seconds`` of N real-time clients."""
     import subprocess
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bench.floors", "--serve", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "bench.floors", "--serve", str(port),
+                               "--ws", ws_impl],
                               cwd=ROOT)
     try:
         wait_port(port)
@@ -157,13 +158,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.floors", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ws", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--sessions", default="100,300")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     if args.serve is not None:
-        serve(args.serve)
+        serve(args.serve, args.ws)
         return
     result = run(False, [int(x) for x in args.sessions.split(",")], args.seconds)
     if not args.no_write:
