@@ -305,9 +305,13 @@ def test_flush_sends_open_utterance() -> None:
 
 @pytest.mark.voice
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_batched_inference_equals_package_wrapper(model: BatchVad) -> None:
+@pytest.mark.parametrize("kind", ["products", "graph"])
+def test_batched_inference_equals_package_wrapper(model: BatchVad, kind: str) -> None:
     import silero_vad
 
+    if kind != model.kind:
+        model = BatchVad(num_threads=1, warmup=False, graph=True)
+    assert model.kind == kind  # the shipped package's network is the one re-implemented
     ref = silero_vad.load_silero_vad(onnx=False)
     streams = [
         silence(200) + speech(SENTENCE_A),
@@ -339,6 +343,37 @@ def test_batched_inference_equals_package_wrapper(model: BatchVad) -> None:
     diff = np.max(np.abs(np.array(got) - np.array(expected)))
     assert diff < 1e-4
     assert max(max(e) for e in expected) > 0.9  # the speech was actually recognised
+
+
+@pytest.mark.voice
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_products_refuse_a_network_that_computes_something_else() -> None:
+    import silero_vad
+
+    from vad_worker import silero_net
+
+    inner = silero_vad.load_silero_vad(onnx=False)._model
+
+    class Retrained(torch.nn.Module):
+        """Same parameter names and shapes, different function (as a new release could be)."""
+
+        def named_parameters(self, *args: object, **kwargs: object
+                             ) -> Iterator[tuple[str, torch.nn.Parameter]]:
+            return inner.named_parameters()
+
+        def named_buffers(self, *args: object, **kwargs: object
+                          ) -> Iterator[tuple[str, torch.Tensor]]:
+            return inner.named_buffers()
+
+        def forward(self, x: torch.Tensor, state: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+            prob, new_state = inner(x, state)
+            return prob * 0.9, new_state
+
+    with pytest.raises(silero_net.NetworkChanged, match="differ"):
+        silero_net.load(Retrained(), 576)
+    with pytest.raises(silero_net.NetworkChanged, match="no parameter"):
+        silero_net.SileroNet({})
 
 
 @pytest.mark.voice

@@ -10,12 +10,18 @@ shared/docs/vad-benchmark.md).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
+import structlog
 import torch
+from torch import Tensor
 
+from vad_worker import silero_net
 from vad_worker.rechunk import SAMPLE_RATE, WINDOW_SAMPLES
 from vad_worker.state import CONTEXT_SAMPLES, SessionVadState
+
+log = structlog.get_logger(__name__)
 
 # The profiling JIT executor re-specialises on the first few calls of each new input shape;
 # a couple of distinct batch sizes at load time moves that cost (tens of ms) out of the
@@ -24,14 +30,18 @@ _WARMUP_BATCHES = (1, 1, 1, 2, 2, 2, 16, 16, 16)
 
 
 class BatchVad:
-    """The Silero JIT model, called directly with a batch of independent sessions.
+    """The Silero model's inner network, called directly with a batch of independent sessions.
+
+    By default the network runs as plain matrix products (:mod:`vad_worker.silero_net`),
+    checked against the package's TorchScript graph at load; ``graph=True``, or a package
+    whose network differs, runs the graph itself.
 
     ``num_threads`` is torch's intra-op thread count for the whole process (torch has no
     per-model setting); one thread per worker process scales best because batching already
     amortises the per-call overhead.
     """
 
-    def __init__(self, num_threads: int = 1, warmup: bool = True) -> None:
+    def __init__(self, num_threads: int = 1, warmup: bool = True, graph: bool = False) -> None:
         import silero_vad
 
         with warnings.catch_warnings():
@@ -43,12 +53,21 @@ class BatchVad:
         torch.set_num_threads(num_threads)
         # The inner 16 kHz network: forward(x [B, 64+512], state [2, B, 128]) -> (prob, state).
         # The outer wrapper only adds the context bookkeeping that SessionVadState now owns.
-        self._net = model._model
-        if self._net.context_size_samples != CONTEXT_SAMPLES:
+        inner = model._model
+        if inner.context_size_samples != CONTEXT_SAMPLES:
             raise RuntimeError(
-                f"silero model context is {self._net.context_size_samples} samples, "
+                f"silero model context is {inner.context_size_samples} samples, "
                 f"expected {CONTEXT_SAMPLES}"
             )
+        self._net: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = inner
+        self.kind = "graph"
+        if not graph:
+            try:
+                self._net = silero_net.load(inner, CONTEXT_SAMPLES + WINDOW_SAMPLES)
+                self.kind = "products"
+            except silero_net.NetworkChanged as err:
+                log.warning("silero network not recognised; running its graph (slower)",
+                            reason=str(err))
         self.sample_rate = SAMPLE_RATE
         if warmup:
             self._warm_up()

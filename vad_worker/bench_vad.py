@@ -56,7 +56,7 @@ def _synthetic_loop() -> bytes:
     return (x * 32767).astype("<i2").tobytes()
 
 
-def _model_only(model: BatchVad, batch: int, calls: int) -> float:
+def model_seconds_per_call(model: BatchVad, batch: int, calls: int) -> float:
     """Seconds per model call of width ``batch`` (no engine around it)."""
     rng = np.random.default_rng(batch)
     states = [SessionVadState(str(k)) for k in range(batch)]
@@ -110,7 +110,7 @@ def run(
         elapsed = time.perf_counter() - t0
         windows = sum(st.pos for st in states) // WINDOW_SAMPLES
         model_calls = max(1, windows // batch)
-        per_call = _model_only(model, batch, calls=max(20, 2000 // batch))
+        per_call = model_seconds_per_call(model, batch, calls=max(20, 2000 // batch))
         results[str(batch)] = {
             "windows": windows,
             "seconds": round(elapsed, 3),
