@@ -71,7 +71,9 @@ class SileroNet:
     def __call__(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         padded = F.pad(x.unsqueeze(1), (0, _PAD), mode="reflect").squeeze(1)
         frames = padded.unfold(1, _FILTER, _HOP) * self._window
-        h = torch.fft.rfft(frames).abs()  # [B, 4, 129]: the graph's STFT magnitude
+        spectrum = torch.fft.rfft(frames)
+        # The graph's STFT magnitude, [B, 4, 129]; complex abs() is 2.5x slower here.
+        h = (spectrum.real.square() + spectrum.imag.square()).sqrt()
         for wt, b, stride in self._convs:
             h = self._conv(h, wt, b, stride)
         gates = torch.addmm(self._b_lstm, torch.cat([h[:, 0, :], state[0]], 1), self._w_lstm)
