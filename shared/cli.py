@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from shared import runtime
+
 # name -> "module:function"; imported lazily so `xrx gateway` never loads torch.
 COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("gateway.main:run", "the client-facing WebSocket gateway"),
@@ -28,7 +30,9 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_parser(name, help=help_)
     args = parser.parse_args(argv)
     module, func = COMMANDS[args.command][0].split(":")
-    getattr(importlib.import_module(module), func)()
+    entry = getattr(importlib.import_module(module), func)
+    runtime.tune()
+    entry()
 
 
 if __name__ == "__main__":
