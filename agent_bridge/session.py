@@ -12,12 +12,12 @@ from redis.asyncio import Redis
 from agent_bridge.agent_client import AgentClient
 from agent_bridge.turn import REDO_WINDOW_S, Turn
 from shared.config import Settings
-from shared.history import HistoryKind, append_history, history_kept
+from shared.history import HistoryKind, history_kept, queue_append_history
 from shared.messages import AgentInput, InputKind
 from shared.ownership import Acker
 from shared.redis_io import TRANSIENT, Backoff
 from shared.stage_session import QueuedSession
-from shared.turns import fence_of, is_fenced
+from shared.turns import fence_value, is_fenced, queue_fence_of
 
 log = structlog.get_logger(__name__)
 
@@ -63,13 +63,18 @@ class AgentSession(QueuedSession[AgentInput]):
                 await backoff.sleep()
 
     async def _process(self, entry: AgentInput) -> None:
-        if entry.kind in USER_INPUTS:
-            await append_history(self.r, self.sid, HistoryKind.USER, entry.turn,
-                                 {"role": "user", "content": entry.content},
-                                 keep=history_kept(self.settings.MAX_AGENT_MESSAGES))
         if entry.kind == InputKind.CANCEL:
             return
-        if is_fenced(entry.turn, await fence_of(self.r, self.sid)):
+        # One round trip: the user's words join the history (whether or not their turn
+        # runs), then the fence is read.
+        async with self.r.pipeline(transaction=False) as p:
+            if entry.kind in USER_INPUTS:
+                queue_append_history(p, self.sid, HistoryKind.USER, entry.turn,
+                                     {"role": "user", "content": entry.content},
+                                     keep=history_kept(self.settings.MAX_AGENT_MESSAGES))
+            queue_fence_of(p, self.sid)
+            *_, raw_fence = await p.execute()
+        if is_fenced(entry.turn, fence_value(raw_fence)):
             log.info("input superseded before its turn started", turn=entry.turn)
             return
         log.info("turn started", turn=entry.turn, kind=entry.kind.value)

@@ -17,10 +17,10 @@ from shared.config import Settings
 from shared.history import (
     HistoryKind,
     agent_context,
-    append_history,
     history_kept,
+    queue_append_history,
     queue_context,
-    store_agent_session,
+    queue_store_agent_session,
 )
 from shared.latency import Step
 from shared.messages import (
@@ -55,6 +55,11 @@ class Turn:
         self.out = Outbox(r, sid, entry.turn, entry.modality, entry.voice_end_ms)
         self.task_id = ""
         self._produced = asyncio.Event()
+        # Written when the turn closes, in the same round trip: the agent's latest session
+        # dict, and (a turn that completed) its messages for the history. The next turn of
+        # the session reads both, and it starts only after this one has closed.
+        self._agent_session: dict[str, Any] | None = None
+        self._reply_history: list[dict[str, Any]] = []
 
     async def run(self) -> None:
         """Run to completion; cancellation (a newer input, barge-in) aborts the agent call."""
@@ -90,6 +95,11 @@ class Turn:
 
     async def _close_turn(self) -> None:
         async with self.r.pipeline(transaction=False) as p:
+            if self._agent_session is not None:
+                queue_store_agent_session(p, self.sid, self._agent_session)
+            queue_append_history(p, self.sid, HistoryKind.REPLY, self.entry.turn,
+                                 *self._reply_history,
+                                 keep=history_kept(self.settings.MAX_AGENT_MESSAGES))
             p.hdel(keys.session_record(self.sid), keys.RECORD_AGENT_BUSY)
             topology.reply(p, signal(self.sid, self.entry.turn, Signal.ENDED_THINKING))
             await p.execute()
@@ -132,7 +142,7 @@ class Turn:
                                     session_id=self.sid, turn=self.entry.turn)
                 self._produced.set()
                 if isinstance(event.get(AgentField.SESSION), dict):
-                    await store_agent_session(self.r, self.sid, event[AgentField.SESSION])
+                    self._agent_session = event[AgentField.SESSION]
                 if isinstance(event.get(AgentField.MESSAGES), list):
                     new_messages = event[AgentField.MESSAGES]
                 if AgentField.GUARDRAILS in event:
@@ -151,8 +161,7 @@ class Turn:
                     await self.out.widget(widget_content(output))
         if not new_messages and spoken:
             new_messages = [{"role": "assistant", "content": " ".join(spoken)}]
-        await append_history(self.r, self.sid, HistoryKind.REPLY, self.entry.turn, *new_messages,
-                             keep=history_kept(self.settings.MAX_AGENT_MESSAGES))
+        self._reply_history = new_messages
 
     async def _slow_notice(self) -> None:
         delay = self.settings.AGENT_SLOW_NOTICE_MS / 1000

@@ -6,7 +6,6 @@ import json
 from enum import StrEnum
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import keys
@@ -41,16 +40,17 @@ class HistoryKind(StrEnum):
     REPLY = "reply"
 
 
-async def append_history(r: Redis, sid: str, kind: HistoryKind, turn: int,
+def queue_append_history(p: Pipeline, sid: str, kind: HistoryKind, turn: int,
                          *messages: dict[str, Any], keep: int) -> bool:
-    """Append ``messages`` unless this turn already appended its ``kind``; keep the newest
-    ``keep`` (see :func:`history_kept`)."""
+    """Queue the append of ``messages`` unless this turn already appended its ``kind``,
+    keeping the newest ``keep`` (see :func:`history_kept`); the command's reply is 1 if it
+    appended. False, and nothing queued, when there is nothing to append."""
     check_lease()
     if not messages:
         return False
-    done = await r.eval(_APPEND_ONCE, 2, keys.history(sid), keys.history_marks(sid), kind,
-                        turn, keep, STATE_TTL_S, *(json.dumps(m) for m in messages))
-    return bool(done)
+    p.eval(_APPEND_ONCE, 2, keys.history(sid), keys.history_marks(sid), kind, turn, keep,
+           STATE_TTL_S, *(json.dumps(m) for m in messages))
+    return True
 
 
 def queue_context(p: Pipeline, sid: str, limit: int) -> None:
@@ -66,6 +66,6 @@ def agent_context(sid: str, raw_history: list[bytes], raw_session: bytes | None
     return [json.loads(m) for m in raw_history], session
 
 
-async def store_agent_session(r: Redis, sid: str, session: dict[str, Any]) -> None:
+def queue_store_agent_session(p: Pipeline, sid: str, session: dict[str, Any]) -> None:
     # A TTL for the same reason as the history's.
-    await r.set(keys.agent_session(sid), json.dumps(session), ex=STATE_TTL_S)
+    p.set(keys.agent_session(sid), json.dumps(session), ex=STATE_TTL_S)

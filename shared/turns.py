@@ -205,7 +205,15 @@ async def kill_turns(r: Redis, sid: str, voice_ms: int = 0) -> int | None:
 
 
 async def fence_of(r: Redis, sid: str) -> int:
-    raw = await r.get(keys.fence(sid))
+    return fence_value(await r.get(keys.fence(sid)))
+
+
+def queue_fence_of(p: Pipeline, sid: str) -> None:
+    """:func:`fence_of` as one command of a pipeline; read its reply with :func:`fence_value`."""
+    p.get(keys.fence(sid))
+
+
+def fence_value(raw: bytes | str | None) -> int:
     return int(raw) if raw else 0
 
 
