@@ -20,7 +20,7 @@ from httpx_aiohttp import AiohttpTransport
 from agent_bridge.agent_client import AgentStream
 from bench import pipeline_fakes
 from bench.common import BenchResult, fmt
-from bench.pipeline_load import write_standalone
+from bench.report import write_standalone
 from shared.protocols import agent_request
 from tests.harness import ROOT, free_port, wait_port
 

@@ -54,8 +54,8 @@ from bench.pipeline_load import (
     Cycle,
     Pipeline,
     pipeline,
-    write_standalone,
 )
+from bench.report import write_standalone
 from shared import keys, topology
 from shared.config import Settings
 from shared.keys import Stage

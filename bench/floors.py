@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 
 from bench.common import BenchResult, fmt
-from bench.pipeline_load import write_standalone
+from bench.report import write_standalone
 from tests.harness import ROOT, free_port, wait_port
 
 NAME = "floors"

@@ -654,21 +654,6 @@ def result_from(rows: list[dict[str, Any]], scale: dict[str, Any] | None, second
     return result
 
 
-def write_standalone(result: BenchResult, out_dir: Path) -> tuple[Path, Path]:
-    """Replace this benchmark's part of results.json/results.md, keeping the others'."""
-    js = out_dir / "results.json"
-    try:
-        doc = json.loads(js.read_text())
-    except (OSError, ValueError):
-        doc = report.build([], started=dt.datetime.now().astimezone(), seconds=0.0,
-                           quick=False, only=[], load_at_start=os.getloadavg())
-    doc["benchmarks"][result.name] = result.to_json()
-    if result.name not in doc.get("only", []):
-        doc["only"] = [*doc.get("only", []), result.name]
-    results = [BenchResult.from_json(name, body) for name, body in doc["benchmarks"].items()]
-    return report.write(out_dir, doc, results)
-
-
 # --- entry points ----------------------------------------------------------------------------
 
 def run(quick: bool) -> BenchResult:
@@ -717,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in result.notes:
         print(f"  - {note}")
     if not args.no_write:
-        md, js = write_standalone(result, args.out)
+        md, js = report.write_standalone(result, args.out)
         print(f"wrote {md} and {js}")
     return 0
 

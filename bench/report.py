@@ -116,3 +116,20 @@ def write(out_dir: Path, doc: dict[str, Any], results: list[BenchResult]) -> tup
     md.write_text(markdown(doc, results), encoding="utf-8")
     js.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return md, js
+
+
+def write_standalone(result: BenchResult, out_dir: Path) -> tuple[Path, Path]:
+    """Replace this benchmark's part of results.json/results.md, keeping the others'
+    (the header's date and commit stay those of the last full run; each standalone
+    benchmark names the commit it measured in its notes or details)."""
+    js = out_dir / "results.json"
+    try:
+        doc = json.loads(js.read_text())
+    except (OSError, ValueError):
+        doc = build([], started=dt.datetime.now().astimezone(), seconds=0.0,
+                           quick=False, only=[], load_at_start=os.getloadavg())
+    doc["benchmarks"][result.name] = result.to_json()
+    if result.name not in doc.get("only", []):
+        doc["only"] = [*doc.get("only", []), result.name]
+    results = [BenchResult.from_json(name, body) for name, body in doc["benchmarks"].items()]
+    return write(out_dir, doc, results)

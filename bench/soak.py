@@ -44,8 +44,8 @@ from bench.pipeline_load import (
     pipeline,
     rss_mb,
     turn_stats,
-    write_standalone,
 )
+from bench.report import write_standalone
 from shared import topology
 from shared.session_record import CLOSED_KEYS_TTL_S
 
