@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from shared import keys, topology
+from shared import topology
 from shared.keys import Stage
 from shared.messages import Modality, MsgType, Reply, SpeakIn, SpeakKind, User
-from shared.turns import is_fenced
+from shared.turns import fence_value, is_fenced, queue_fence_of
 
 
 class TurnFenced(Exception):
@@ -49,7 +49,7 @@ class Outbox:
         # fenced turn never reaches the client (the TTS stage and the gateway drop it), and
         # the turn stops here.
         async with self.r.pipeline(transaction=False) as p:
-            p.get(keys.fence(self.sid))
+            queue_fence_of(p, self.sid)
             if self.modality == Modality.AUDIO:
                 voice_end_ms = self._voice_end_ms if speak else 0
                 if speak:
@@ -62,7 +62,7 @@ class Outbox:
                 topology.reply(p, Reply(session_id=self.sid, turn=self.turn, user=User.AGENT,
                                         type=type_, content=content, seq=seq))
             raw, _ = await p.execute()
-        if is_fenced(self.turn, int(raw) if raw else 0):
+        if is_fenced(self.turn, fence_value(raw)):
             raise TurnFenced()
 
     async def cancel_speech(self) -> None:

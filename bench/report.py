@@ -126,8 +126,8 @@ def write_standalone(result: BenchResult, out_dir: Path) -> tuple[Path, Path]:
     try:
         doc = json.loads(js.read_text())
     except (OSError, ValueError):
-        doc = build([], started=dt.datetime.now().astimezone(), seconds=0.0,
-                           quick=False, only=[], load_at_start=os.getloadavg())
+        doc = build([], started=dt.datetime.now().astimezone(), seconds=0.0, quick=False,
+                    only=[], load_at_start=os.getloadavg())
     doc["benchmarks"][result.name] = result.to_json()
     if result.name not in doc.get("only", []):
         doc["only"] = [*doc.get("only", []), result.name]

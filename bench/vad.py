@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import BenchResult, fmt
+from bench.common import BenchResult, fmt, median
 
 NAME = "vad"
 BATCH_SIZES = (1, 16, 64, 256)
@@ -51,7 +51,7 @@ def run(quick: bool) -> BenchResult:
         p = [model_seconds_per_call(model, b, calls) for _ in range(repeats)]
         result.figure(f"graph_ms_per_call_b{b}", f"package graph time per call, batch {b}",
                       "ms").samples.extend(1000 * x for x in g)
-        ratios[b] = round(sorted(g)[len(g) // 2] / sorted(p)[len(p) // 2], 2)
+        ratios[b] = round(median(g) / median(p), 2)
     result.details = {"repeats": repeats, "target_windows": target, "frame_ms": 30,
                       "torch_threads": 1, "model": model.kind,
                       "graph_over_products": ratios, "runs": raw}

@@ -26,7 +26,7 @@ from shared.messages import (
 from shared.ownership import Acker
 from shared.session_record import clear_record, update_record
 from shared.stage_session import QueuedSession
-from shared.turns import is_fenced
+from shared.turns import fence_value, is_fenced, queue_fence_of
 from shared.ws_pool import ServiceUnavailable
 from tts_bridge.tts_client import TtsClient
 
@@ -81,10 +81,10 @@ class TtsSession(QueuedSession[SpeakIn]):
         """Publish ``reply`` and read the fence in the same round trip; False when the turn
         is fenced (the reply then never reaches the client: the gateway drops it too)."""
         async with self.r.pipeline(transaction=False) as p:
-            p.get(keys.fence(self.sid))
+            queue_fence_of(p, self.sid)
             topology.reply(p, reply)
             raw, _ = await p.execute()
-        if is_fenced(turn, int(raw) if raw else 0):
+        if is_fenced(turn, fence_value(raw)):
             SPOKEN.labels("fenced").inc()
             return False
         return True
