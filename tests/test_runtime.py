@@ -53,7 +53,13 @@ def _lookups_for(waits: int, monkeypatch: pytest.MonkeyPatch) -> int:
         await task
         return got
 
-    assert asyncio.run(main()) == list(range(waits))
+    # A loop of its own, never made the thread's current one: asyncio.run would leave the
+    # thread without one, and the session-scoped loop of the async tests after this with it.
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(main()) == list(range(waits))
+    finally:
+        loop.close()
     monkeypatch.setattr(events, "_get_running_loop", lookup)
     return lookups
 
