@@ -20,9 +20,9 @@ from vad_worker import state as state_module
 from vad_worker.batch_vad import BatchVad
 from vad_worker.engine import VadEngine
 from vad_worker.events import SilenceStarted, SpeechStarted, Utterance, VadEvent
-from vad_worker.rechunk import WINDOW_BYTES, pcm_to_float, rechunk
+from vad_worker.rechunk import WINDOW_BYTES, WINDOW_SAMPLES, pcm_to_float, rechunk
 from vad_worker.segmenter import Segmenter, VadParams
-from vad_worker.state import SessionVadState
+from vad_worker.state import CONTEXT_SAMPLES, SessionVadState
 
 BYTES_PER_MS = 32  # 16 kHz s16le mono
 
@@ -371,7 +371,7 @@ def test_products_refuse_a_network_that_computes_something_else() -> None:
             return prob * 0.9, new_state
 
     with pytest.raises(silero_net.NetworkChanged, match="differ"):
-        silero_net.load(Retrained(), 576)
+        silero_net.load(Retrained(), CONTEXT_SAMPLES + WINDOW_SAMPLES)
     with pytest.raises(silero_net.NetworkChanged, match="no parameter"):
         silero_net.SileroNet({})
 

@@ -2,11 +2,11 @@
 
 The package's TorchScript graph spends most of a call in fixed costs, not arithmetic: its
 STFT and each of its five convolutions go through a oneDNN convolution that costs about
-60 us per call here, however small the batch (bench.floors, shared/docs/vad-benchmark.md).
+60 us per call here, however small the batch (torch.profiler at batches of 2 and 16).
 The convolutions only ever see 4, 2 and 1 time steps, so they are matrix products over
 gathered taps, and the STFT's basis is a periodic Hann window times a DFT, so it is one
-``rfft``. Same weights, same arithmetic to float32 rounding; 1.5-2.8x less CPU per call
-at the batch sizes a live worker runs.
+``rfft``. Same weights, same arithmetic to float32 rounding; the graph takes 1.3-2.0x as
+long per call at batches of 1-256 (``python -m bench --only vad``).
 
 :func:`load` checks the result against the graph it was taken from and says so if a
 future package changes the network; the caller then keeps the graph.
