@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from agent_bridge.agent_client import AgentClient, AgentUnavailable
 from agent_bridge.outbox import Outbox, TurnFenced
-from shared import keys, latency, topology
+from shared import latency, topology
 from shared.config import Settings
 from shared.history import (
     HistoryKind,
@@ -36,7 +36,6 @@ from shared.messages import (
 )
 from shared.protocols import REPLY_NODES, AgentField, AgentNode
 from shared.redis_io import TRANSIENT, Backoff
-from shared.session_record import update_record
 from shared.turns import mark_turn_started
 
 log = structlog.get_logger(__name__)
@@ -64,11 +63,10 @@ class Turn:
     async def run(self) -> None:
         """Run to completion; cancellation (a newer input, barge-in) aborts the agent call."""
         outcome = "completed"
-        # One round trip to start: the record says the agent is busy (barge-in reads it), the
-        # turn's start is recorded (input begun before it waits behind it), the client is
-        # told, and what the agent is sent is read.
+        # One round trip to start: the turn's start is recorded (input begun before it waits
+        # behind it, voice begun after it barges in), the client is told, and what the agent
+        # is sent is read.
         async with self.r.pipeline(transaction=False) as p:
-            update_record(p, self.sid, **{keys.RECORD_AGENT_BUSY: self.entry.turn})
             mark_turn_started(p, self.sid, self.entry.turn)
             topology.reply(p, signal(self.sid, self.entry.turn, Signal.STARTED_THINKING))
             queue_context(p, self.sid, self.settings.MAX_AGENT_MESSAGES)
@@ -100,7 +98,6 @@ class Turn:
             queue_append_history(p, self.sid, HistoryKind.REPLY, self.entry.turn,
                                  *self._reply_history,
                                  keep=history_kept(self.settings.MAX_AGENT_MESSAGES))
-            p.hdel(keys.session_record(self.sid), keys.RECORD_AGENT_BUSY)
             topology.reply(p, signal(self.sid, self.entry.turn, Signal.ENDED_THINKING))
             await p.execute()
 

@@ -24,11 +24,6 @@ class Stage(StrEnum):
 RECORD_STATUS = "status"
 RECORD_GATEWAY = "gateway"
 RECORD_OPENED_AT = "opened_at"
-# Turn numbers of work in progress, read by barge-in to know whether there is anything to stop.
-RECORD_AGENT_BUSY = "agent_busy"
-RECORD_TTS_BUSY = "tts_busy"
-# Wall-clock time (ms) until which the client is still playing audio already sent to it.
-RECORD_PLAYBACK_UNTIL = "playback_until_ms"
 
 
 def session_record(sid: str) -> str:

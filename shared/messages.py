@@ -89,7 +89,10 @@ class InputKind(StrEnum):
     TEXT = "text"
     ACTION = "action"
     TRANSCRIPT = "transcript"
-    CANCEL = "cancel"  # barge-in: kill the turn in flight without starting a new one
+    CANCEL = "cancel"  # kill the turn in flight without starting a new one (older VADs' barge-in)
+    # The user's voice began (voice_start_ms) and lasted BARGE_IN_MIN_MS: barge-in if the
+    # agent is thinking about or speaking a turn that started before it.
+    VOICE = "voice"
     CLOSE = "close"  # the session ended
 
 
@@ -314,6 +317,8 @@ class AgentInput(Entry):
     modality: Modality = Modality.TEXT
     # A spoken turn: wall clock (ms) when the user's voice stopped, for the latency breakdown.
     voice_end_ms: int = 0
+    # A VOICE entry: when the user's voice began (Redis's clock, ms; 0: unknown).
+    voice_start_ms: int = 0
     # Turns below this are dead from here on (shared/turns.py): this input superseded them,
     # or a barge-in cut them. The agent bridge cancels its turn in flight if it is one of
     # them; 0: this input cuts nothing and waits its turn.
@@ -390,6 +395,7 @@ class UtteranceIn(Entry):
 class SpeakKind(StrEnum):
     SPEAK = "speak"
     CANCEL = "cancel"
+    VOICE = "voice"  # as InputKind.VOICE, passed on by the agent bridge
     CLOSE = "close"
 
 
@@ -408,6 +414,7 @@ class SpeakIn(Entry):
     content: str = ""
     seq: int = 0
     voice_end_ms: int = 0  # the first reply of a spoken turn: as AgentInput.voice_end_ms
+    voice_start_ms: int = 0  # a VOICE entry: as AgentInput.voice_start_ms
 
 
 @dataclasses.dataclass

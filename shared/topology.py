@@ -2,7 +2,8 @@
 session's entries go.
 
     client -> gateway -> vad -> stt_bridge -> agent_bridge -> tts_bridge
-                     \\-------(text, actions)--^
+                    |      \\--(the user's voice)--^
+                    \\-------(text, actions)-------^
     every stage -> replies -> gateway -> client
 
 Every write to a stage's input or to the replies goes through :func:`send` / :func:`reply`,
@@ -65,9 +66,10 @@ PIPELINE: tuple[StageSpec, ...] = (
     StageSpec(Stage.STT_BRIDGE, UtteranceIn, UtteranceIn(kind=SpeechKind.CLOSE), ("vad",),
               maxlen=500),
     StageSpec(Stage.AGENT_BRIDGE, AgentInput, AgentInput(kind=InputKind.CLOSE),
-              ("gateway", "stt_bridge", "vad (barge-in)"), maxlen=10_000),
-    StageSpec(Stage.TTS_BRIDGE, SpeakIn, SpeakIn(kind=SpeakKind.CLOSE),
-              ("agent_bridge", "vad (barge-in)"), maxlen=10_000),
+              ("gateway", "stt_bridge", "vad (the user's voice, for barge-in)"), maxlen=10_000),
+    # The agent bridge passes the VAD's voice entries on, behind its replies (shared/barge_in.py).
+    StageSpec(Stage.TTS_BRIDGE, SpeakIn, SpeakIn(kind=SpeakKind.CLOSE), ("agent_bridge",),
+              maxlen=10_000),
 )
 SPECS: dict[Stage, StageSpec] = {spec.stage: spec for spec in PIPELINE}
 

@@ -130,18 +130,20 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS: counter, fence, started. ARGV: ttl, voice_ms (0: unknown). Returns the last turn
-# killed, or -1 when the voice began before the latest turn started (nothing is killed).
+# KEYS: counter, fence, started. ARGV: ttl, voice_ms (0: unknown). Returns {last turn killed,
+# 1 when this call raised the fence}, or {-1, 0} when the voice began before the latest turn
+# started (nothing is killed).
 _KILL_TURNS = """
 local st = redis.call('HMGET', KEYS[3], '""" + STARTED_TURN + "', '" + STARTED_MS + """')
 local upto = tonumber(st[1] or '0')
 local voice = tonumber(ARGV[2])
-if upto > 0 and voice > 0 and voice < tonumber(st[2] or '0') then return -1 end
+if upto > 0 and voice > 0 and voice < tonumber(st[2] or '0') then return {-1, 0} end
 if upto == 0 then upto = tonumber(redis.call('GET', KEYS[1]) or '0') end
 local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
-if upto + 1 > fence then redis.call('SET', KEYS[2], upto + 1) end
+local raised = 0
+if upto + 1 > fence then redis.call('SET', KEYS[2], upto + 1); raised = 1 end
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-return upto
+return {upto, raised}
 """
 
 
@@ -191,17 +193,30 @@ def mark_turn_started(p: Pipeline, sid: str, turn: int) -> None:
     p.eval(_MARK_STARTED, 1, keys.turn_started(sid), STATE_TTL_S, turn)
 
 
-async def kill_turns(r: Redis, sid: str, voice_ms: int = 0) -> int | None:
+@dataclass(frozen=True)
+class Kill:
+    """What a barge-in cut: every turn up to ``turn``; ``raised`` when this call raised the
+    fence (False: an earlier barge-in or a newer input had cut them already)."""
+
+    turn: int
+    raised: bool
+
+    @property
+    def fence(self) -> int:
+        return self.turn + 1
+
+
+async def kill_turns(r: Redis, sid: str, voice_ms: int = 0) -> Kill | None:
     """Barge-in: fence the turn that has started and every earlier one, if the user's voice
-    began (``voice_ms``, Redis clock; 0: unknown) after it started. Return the last turn
-    killed (0 when none was ever handed out), or None when the voice began before that turn started
-    and nothing was killed."""
+    began (``voice_ms``, Redis clock; 0: unknown) after it started. Return what was cut (turn
+    0 when none was ever handed out), or None when the voice began before that turn started
+    and nothing was cut."""
     check_lease()
     async with r.pipeline(transaction=False) as p:
         p.eval(_KILL_TURNS, 3, keys.turn_counter(sid), keys.fence(sid), keys.turn_started(sid),
                STATE_TTL_S, max(voice_ms, 0))
-        (n,) = await durable(p)
-    return None if int(n) < 0 else int(n)
+        ((upto, raised),) = await durable(p)
+    return None if int(upto) < 0 else Kill(int(upto), bool(int(raised)))
 
 
 async def fence_of(r: Redis, sid: str) -> int:

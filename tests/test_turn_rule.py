@@ -16,6 +16,7 @@ from shared.messages import AgentInput, InputKind
 from shared.turns import (
     STARTED_MS,
     STARTED_TURN,
+    Kill,
     TurnSource,
     barge_in_cuts,
     begin_turn,
@@ -144,13 +145,15 @@ async def test_kill_turns_fences_the_started_turn_not_the_waiting_ones(
     await _state(r, "kill", last=6, fence=4, started_turn=4, started_ms=T0)
     assert await kill_turns(r, "kill", T0 - 1) is None  # late audio: nothing killed
     assert await fence_of(r, "kill") == 4
-    assert await kill_turns(r, "kill", T0 + 250) == 4
+    assert await kill_turns(r, "kill", T0 + 250) == Kill(4, raised=True)
     assert await fence_of(r, "kill") == 5  # 5 and 6 still alive
+    # A second stage hearing the same voice finds the turn cut already.
+    assert await kill_turns(r, "kill", T0 + 250) == Kill(4, raised=False)
     # Never lowers the fence.
     await _state(r, "kill", last=6, fence=6, started_turn=4, started_ms=T0)
-    assert await kill_turns(r, "kill", T0 + 250) == 4
+    assert await kill_turns(r, "kill", T0 + 250) == Kill(4, raised=False)
     assert await fence_of(r, "kill") == 6
     # A session with no turn start recorded: every turn handed out, as before.
     await _state(r, "kill", last=6, fence=4, started_turn=0, started_ms=0)
-    assert await kill_turns(r, "kill", T0) == 6
+    assert await kill_turns(r, "kill", T0) == Kill(6, raised=True)
     assert await fence_of(r, "kill") == 7

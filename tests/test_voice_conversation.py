@@ -176,6 +176,42 @@ async def test_barge_in_clears_audio_and_nothing_stale_follows(voice_system: Tex
     await client.close()
 
 
+async def test_barge_in_while_the_agent_thinks_cuts_its_turn(voice_system: TextSystem) -> None:
+    """No audio was sent yet: the agent bridge alone knows the agent is busy, and stops."""
+    client = await Client.connect(voice_system.gateway_port)
+    await client.send_json({"type": "text", "content": "tell me a story [delay=8]",
+                            "modality": "audio"})
+    await client.until(is_signal("agent_started_thinking"), timeout=30)
+    sender = asyncio.create_task(stream(client, spoken("What is on the menu"), FRAME_30MS))
+    before = await client.until(is_signal(CLEAR), timeout=30)
+    # While the user is still talking: not the transcript superseding the turn afterwards.
+    assert not transcripts(before), summary(before)
+    after = await client.until(lambda m: len(transcripts([m])) == 1, timeout=30)
+    await sender
+    after = await until_all_spoken(client, after)
+    everything = before + after
+    assert "menu" in transcripts(after)[0].lower(), summary(after)
+    # The cut turn ends too (agent_ended_thinking always follows agent_started_thinking).
+    assert [m for m in everything if is_signal(ENDED)(m)], summary(everything)
+    # Only the new question is answered: the story's turn never speaks.
+    assert len(texts(everything)) == len(texts(after)) >= 1, summary(everything)
+    assert audio(after)
+    await client.close()
+
+
+async def test_speaking_when_the_agent_is_quiet_is_not_a_barge_in(
+        voice_system: TextSystem) -> None:
+    client = await Client.connect(voice_system.gateway_port)
+    await client.send_json({"type": "text", "content": "hello", "modality": "audio"})
+    got = await until_all_spoken(client)
+    played_s = sum(len(b) for b in audio(got)) / 32000
+    await client.drain(played_s + 1.0)  # the client has played all of it
+    later = await spoken_turn(client, "What is on the menu", FRAME_30MS)
+    assert "menu" in " ".join(transcripts(later)).lower(), summary(later)
+    assert not [m for m in later if is_signal(CLEAR)(m)], summary(later)
+    await client.close()
+
+
 async def test_stt_down_gives_a_clear_message_and_recovers(voice_system: TextSystem) -> None:
     client = await Client.connect(voice_system.gateway_port)
     stt = voice_system.procs["stt-service"]

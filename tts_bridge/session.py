@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import aclosing
 
 import structlog
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
-from shared import keys, latency, topology
+from shared import latency, topology
+from shared.barge_in import interrupt
 from shared.latency import Step
 from shared.messages import (
     TTS_DOWN_REPLY,
@@ -24,7 +26,6 @@ from shared.messages import (
     signal,
 )
 from shared.ownership import Acker
-from shared.session_record import clear_record, update_record
 from shared.stage_session import QueuedSession
 from shared.turns import fence_value, is_fenced, queue_fence_of
 from shared.ws_pool import ServiceUnavailable
@@ -44,30 +45,52 @@ class TtsSession(QueuedSession[SpeakIn]):
         super().__init__(sid, acker)
         self.r, self.tts = r, tts
         self.sample_rate = sample_rate
+        # Until when (wall clock, ms) the client is still playing what it was sent: as long as
+        # it is, the agent is audibly speaking and the user's voice barges in.
         self._playback_until_ms = 0.0
-        self._busy = False  # RECORD_TTS_BUSY set by this session
+        self._speaking = 0  # the turn of the reply being handled, 0 when none
 
     def is_close(self, entry: SpeakIn) -> bool:
         return entry.kind == SpeakKind.CLOSE
 
     async def act_now(self, entry_id: bytes, entry: SpeakIn) -> bool:
-        if entry.kind != SpeakKind.CANCEL:
+        if entry.kind == SpeakKind.CANCEL:
+            # Drop what this cancel covers, queued or being spoken, without waiting.
+            self._drop(lambda turn: not entry.turn or turn <= entry.turn, current=True)
+        elif entry.kind == SpeakKind.VOICE:
+            await self._voice(entry)
+        else:
             return False
-        # Drop what this cancel covers, queued or being spoken, without waiting.
-        covered = self.queue.take(lambda item: not entry.turn or item[1].turn <= entry.turn)
-        self.queue.cancel_current()
-        self._playback_until_ms = 0.0  # the client dropped what it had queued
-        self.acker.ack(entry_id, *(i for i, _ in covered))
+        self.acker.ack(entry_id)
         return True
 
+    async def _voice(self, entry: SpeakIn) -> None:
+        """The user is talking (shared/barge_in.py): speaking, or the client still playing,
+        a turn that started before the voice? Then it stops, and what is queued behind it."""
+        if not (self._speaking or self.queue.pending()
+                or self._playback_until_ms > time.time() * 1000):
+            return
+        kill = await interrupt(self.r, self.sid, entry.voice_start_ms)
+        if kill is not None:
+            self._drop(lambda turn: is_fenced(turn, kill.fence),
+                       current=is_fenced(self._speaking, kill.fence))
+
+    def _drop(self, covers: Callable[[int], bool], *, current: bool) -> None:
+        """Acknowledge the queued replies of the turns ``covers`` says, unspoken, and cut the
+        one being spoken when ``current``; the client is told to drop what it has queued."""
+        dropped = self.queue.take(lambda item: covers(item[1].turn))
+        self.acker.ack(*(i for i, _ in dropped))
+        if current:
+            self.queue.cancel_current()
+        self._playback_until_ms = 0.0
+
     async def after(self, entry: SpeakIn, cancelled: bool) -> None:
-        if self._busy:
-            self._busy = False
-            await clear_record(self.r, self.sid, keys.RECORD_TTS_BUSY)
+        self._speaking = 0
         if cancelled:
             SPOKEN.labels("cancelled").inc()
 
     async def process(self, entry: SpeakIn) -> None:
+        self._speaking = entry.turn
         await self._speak(entry)
 
     def _played(self, nbytes: int) -> None:
@@ -98,10 +121,6 @@ class TtsSession(QueuedSession[SpeakIn]):
         if not entry.text.strip():
             SPOKEN.labels("not_spoken").inc()
             return
-        # While synthesising, the record says so (barge-in reads it); once done, until when
-        # the client is still playing what it was sent.
-        self._busy = True
-        await update_record(self.r, self.sid, **{keys.RECORD_TTS_BUSY: entry.turn})
         loop = asyncio.get_running_loop()
         started, first = loop.time(), True
         chunks_sent = 0
@@ -128,11 +147,5 @@ class TtsSession(QueuedSession[SpeakIn]):
             await topology.reply(self.r, error_reply(self.sid, TTS_DOWN_REPLY))
             return
         SPOKEN.labels("spoken").inc()
-        self._busy = False
-        async with self.r.pipeline(transaction=False) as p:
-            topology.reply(p, signal(self.sid, entry.turn, Signal.AUDIO_GENERATION_DONE,
-                                     User.SYSTEM))
-            update_record(p, self.sid,
-                          **{keys.RECORD_PLAYBACK_UNTIL: int(self._playback_until_ms)})
-            p.hdel(keys.session_record(self.sid), keys.RECORD_TTS_BUSY)
-            await p.execute()
+        await topology.reply(self.r, signal(self.sid, entry.turn, Signal.AUDIO_GENERATION_DONE,
+                                            User.SYSTEM))

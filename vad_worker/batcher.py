@@ -10,9 +10,7 @@ import structlog
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 
-from shared.leases import CURRENT_LEASE, LeaseLost
 from shared.redis_io import TRANSIENT
-from vad_worker.barge_in import barge_in
 from vad_worker.engine import VadEngine
 from vad_worker.events import VadEvent
 from vad_worker.session import VadSession
@@ -37,7 +35,6 @@ class VadBatcher:
         # waits for the batch it is in (and only that one) before its state is saved.
         self._current: set[str] = set()
         self._batch_done = asyncio.Event()
-        self._barge_ins: set[asyncio.Task[None]] = set()
         # One thread: the model is not shared between concurrent calls, and inference never
         # runs on the event loop.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad-infer")
@@ -97,14 +94,11 @@ class VadBatcher:
             for event in events:
                 by_session.setdefault(event.session_id, []).append(event)
             acks: list[tuple[VadSession, list[bytes]]] = []
-            barge: list[tuple[VadSession, int]] = []
             try:
                 async with self.r.pipeline(transaction=False) as p:
                     for session, ids, pcm in work:
                         found = by_session.get(session.sid, [])
                         acks.append((session, session.publish(p, found, ids, pcm)))
-                        if (voice_ms := session.barge_in_voice(found)) is not None:
-                            barge.append((session, voice_ms))
                     await p.execute()
             except TRANSIENT as err:
                 # Unacknowledged, the audio is handled again by whoever holds the session
@@ -113,20 +107,3 @@ class VadBatcher:
                 return
             for session, ids in acks:
                 session.acker.ack(*ids)
-        if barge:
-            # Off the batch loop: the next batch must not wait for their round trips.
-            task = asyncio.create_task(self._barge_in(barge))
-            self._barge_ins.add(task)
-            task.add_done_callback(self._barge_ins.discard)
-
-    async def _barge_in(self, sessions: list[tuple[VadSession, int]]) -> None:
-        for session, voice_ms in sessions:
-            token = CURRENT_LEASE.set(session.acker.lease)
-            try:
-                await barge_in(self.r, session.sid, voice_ms)
-            except LeaseLost:
-                pass
-            except Exception:
-                log.exception("barge-in failed", session_id=session.sid)
-            finally:
-                CURRENT_LEASE.reset(token)

@@ -18,7 +18,14 @@ from redis.asyncio.client import Pipeline
 
 from shared import keys, topology
 from shared.keys import Stage
-from shared.messages import AudioIn, SpeechKind, UtteranceIn, error_reply
+from shared.messages import (
+    AgentInput,
+    AudioIn,
+    InputKind,
+    SpeechKind,
+    UtteranceIn,
+    error_reply,
+)
 from shared.ownership import Acker
 from shared.redis_io import Fields, id_key
 from vad_worker.events import SilenceStarted, SpeechStarted, Utterance, VadEvent
@@ -195,6 +202,11 @@ class VadSession:
                     voice_end_ms=self._wall(event.voice_end_ms),
                     voice_start_ms=self._wall(event.voice_start_ms)))
         self._report_speaking(p, speaking=self.state.triggered)
+        if (voice_ms := self.barge_in_voice(events)) is not None:
+            # Whether this interrupts anything is for the stages doing the work to say
+            # (shared/barge_in.py).
+            topology.send(p, Stage.AGENT_BRIDGE, AgentInput(
+                session_id=self.sid, kind=InputKind.VOICE, voice_start_ms=voice_ms))
         self.uncheckpointed += processed_ids
         if self.state.pos - self._checkpointed_pos >= CHECKPOINT_EVERY_SAMPLES or events:
             self._queue_checkpoint(p)
