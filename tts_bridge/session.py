@@ -12,7 +12,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
-from shared import latency, topology
+from shared import latency
 from shared.barge_in import interrupt
 from shared.latency import Step
 from shared.messages import (
@@ -27,8 +27,9 @@ from shared.messages import (
 )
 from shared.ownership import Acker
 from shared.stage_session import QueuedSession
-from shared.turns import fence_value, is_fenced, queue_fence_of
+from shared.turns import is_fenced
 from shared.ws_pool import ServiceUnavailable
+from tts_bridge.publisher import ChunkPublisher, publish
 from tts_bridge.tts_client import TtsClient
 
 log = structlog.get_logger(__name__)
@@ -100,52 +101,44 @@ class TtsSession(QueuedSession[SpeakIn]):
         self._playback_until_ms = max(self._playback_until_ms, now_ms) + (
             nbytes / 2 / self.sample_rate * 1000)
 
-    async def _publish(self, reply: Reply, turn: int) -> bool:
-        """Publish ``reply`` and read the fence in the same round trip; False when the turn
-        is fenced (the reply then never reaches the client: the gateway drops it too)."""
-        async with self.r.pipeline(transaction=False) as p:
-            queue_fence_of(p, self.sid)
-            topology.reply(p, reply)
-            raw, _ = await p.execute()
-        if is_fenced(turn, fence_value(raw)):
-            SPOKEN.labels("fenced").inc()
-            return False
-        return True
-
     async def _speak(self, entry: SpeakIn) -> None:
         # The message is shown as its speech starts; later ones wait behind it.
-        if not await self._publish(Reply(session_id=self.sid, turn=entry.turn, user=entry.user,
-                                         type=entry.type, content=entry.content,
-                                         seq=entry.seq), entry.turn):
+        if not await publish(self.r, self.sid, entry.turn, [Reply(
+                session_id=self.sid, turn=entry.turn, user=entry.user, type=entry.type,
+                content=entry.content, seq=entry.seq)]):
+            SPOKEN.labels("fenced").inc()
             return
         if not entry.text.strip():
             SPOKEN.labels("not_spoken").inc()
             return
         loop = asyncio.get_running_loop()
-        started, first = loop.time(), True
-        chunks_sent = 0
+        started = loop.time()
+        out = ChunkPublisher(self.r, self.sid, entry.turn, lambda: latency.observe(
+            Step.TTS_FIRST_AUDIO, entry.voice_end_ms, session_id=self.sid, turn=entry.turn))
+        sent = 0
         try:
             async with aclosing(self.tts.synthesize(entry.text)) as chunks:
                 async for chunk in chunks:
-                    if first:
+                    if not sent:
                         FIRST_AUDIO.observe(loop.time() - started)
                     self._played(len(chunk))
-                    # Fenced is checked with every chunk: a barge-in handled by another
-                    # replica silences this one within a chunk.
-                    chunks_sent += 1
-                    if not await self._publish(Reply(session_id=self.sid, turn=entry.turn,
-                                                     pcm=chunk, seq=entry.seq,
-                                                     chunk=chunks_sent), entry.turn):
+                    sent += 1
+                    # The fence comes back with every round trip: a barge-in handled by
+                    # another replica silences this one within a round trip.
+                    if not out.add(Reply(session_id=self.sid, turn=entry.turn, pcm=chunk,
+                                         seq=entry.seq, chunk=sent)):
+                        SPOKEN.labels("fenced").inc()
                         return
-                    if first:
-                        first = False
-                        latency.observe(Step.TTS_FIRST_AUDIO, entry.voice_end_ms,
-                                        session_id=self.sid, turn=entry.turn)
         except ServiceUnavailable as err:
             SPOKEN.labels("tts_down").inc()
             log.warning("speech synthesis unavailable", error=str(err))
-            await topology.reply(self.r, error_reply(self.sid, TTS_DOWN_REPLY))
+            await out.flush(error_reply(self.sid, TTS_DOWN_REPLY))
+            return
+        except BaseException:
+            out.detach()  # cancelled (barge-in, hand-over) or failed: it is not waited for
+            raise
+        if not await out.flush(signal(self.sid, entry.turn, Signal.AUDIO_GENERATION_DONE,
+                                      User.SYSTEM)):
+            SPOKEN.labels("fenced").inc()
             return
         SPOKEN.labels("spoken").inc()
-        await topology.reply(self.r, signal(self.sid, entry.turn, Signal.AUDIO_GENERATION_DONE,
-                                            User.SYSTEM))
