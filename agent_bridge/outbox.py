@@ -26,6 +26,9 @@ class Outbox:
         self.r, self.sid, self.turn, self.modality = r, sid, turn, modality
         self._outputs = 0
         self._voice_end_ms = voice_end_ms  # goes with the first reply to speak only
+        # When the turn started (Redis's clock, ms): with every reply to speak, so the TTS
+        # stage can tell a voice it heard before the reply had begun over it (barge-in).
+        self.started_ms = 0
 
     async def direct(self, reply: Reply) -> None:
         """Control signals: never held behind speech."""
@@ -57,7 +60,8 @@ class Outbox:
                 topology.send(p, Stage.TTS_BRIDGE, SpeakIn(
                     session_id=self.sid, kind=SpeakKind.SPEAK, turn=self.turn,
                     text=content if speak else "", user=User.AGENT, type=type_,
-                    content=content, seq=seq, voice_end_ms=voice_end_ms))
+                    content=content, seq=seq, voice_end_ms=voice_end_ms,
+                    turn_started_ms=self.started_ms))
             else:
                 topology.reply(p, Reply(session_id=self.sid, turn=self.turn, user=User.AGENT,
                                         type=type_, content=content, seq=seq))

@@ -11,12 +11,10 @@ from redis.asyncio import Redis
 
 from agent_bridge.agent_client import AgentClient
 from agent_bridge.turn import REDO_WINDOW_S, Turn
-from shared import topology
 from shared.barge_in import interrupt
 from shared.config import Settings
 from shared.history import HistoryKind, history_kept, queue_append_history
-from shared.keys import Stage
-from shared.messages import AgentInput, InputKind, SpeakIn, SpeakKind
+from shared.messages import AgentInput, InputKind
 from shared.ownership import Acker
 from shared.redis_io import TRANSIENT, Backoff
 from shared.stage_session import QueuedSession
@@ -56,13 +54,11 @@ class AgentSession(QueuedSession[AgentInput]):
 
     async def _voice(self, entry: AgentInput) -> None:
         """The user is talking (shared/barge_in.py): thinking about a turn that started
-        before the voice, stop; then pass it on to the TTS stage, which judges its own."""
+        before the voice, stop."""
         if self._running:
             kill = await interrupt(self.r, self.sid, entry.voice_start_ms)
             if kill is not None and is_fenced(self._running, kill.fence):
                 self.queue.cancel_current()
-        await topology.send(self.r, Stage.TTS_BRIDGE, SpeakIn(
-            session_id=self.sid, kind=SpeakKind.VOICE, voice_start_ms=entry.voice_start_ms))
 
     async def process(self, entry: AgentInput) -> None:
         # Redis lost before or after the agent call (a restart, a Sentinel failover): do the

@@ -70,7 +70,8 @@ class Turn:
             mark_turn_started(p, self.sid, self.entry.turn)
             topology.reply(p, signal(self.sid, self.entry.turn, Signal.STARTED_THINKING))
             queue_context(p, self.sid, self.settings.MAX_AGENT_MESSAGES)
-            *_, raw_history, raw_session = await p.execute()
+            started_ms, _, raw_history, raw_session = await p.execute()
+        self.out.started_ms = int(started_ms)
         history, session = agent_context(self.sid, raw_history, raw_session)
         watchdog = asyncio.create_task(self._slow_notice())
         try:
@@ -124,7 +125,9 @@ class Turn:
                 log.warning("redis lost mid-turn, running the turn again", turn=self.entry.turn,
                             error=str(err))
                 await backoff.sleep()
+                started_ms = self.out.started_ms
                 self.out = Outbox(self.r, self.sid, self.entry.turn, self.entry.modality)
+                self.out.started_ms = started_ms
 
     async def _call_agent(self, history: list[dict[str, Any]], session: dict[str, Any]) -> None:
         new_messages: list[dict[str, Any]] = []

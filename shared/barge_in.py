@@ -1,19 +1,19 @@
-"""Barge-in: the user talks over the agent, and the stage whose work that is stops it.
+"""Barge-in: the user talks over the agent, and the stage whose work it stops it.
 
-The VAD tells the agent bridge once the user's voice has lasted ``BARGE_IN_MIN_MS`` (an
-``InputKind.VOICE`` entry, carrying when the voice began); the agent bridge passes it on to
-the TTS bridge (``SpeakKind.VOICE``), behind everything it had sent that stage before. Each
-asks only itself whether the agent is active: the agent bridge whether it is thinking about
-a turn, the TTS bridge whether it is speaking one or the client is still playing what it was
-sent. A stage that is raises the fence past the turn that started before the voice
+Once the user's voice has lasted ``BARGE_IN_MIN_MS``, the VAD tells both the agent bridge
+(``InputKind.VOICE``) and the TTS bridge (``SpeakKind.VOICE``) when it began. Each asks only
+itself whether the agent is active: the agent bridge whether it is thinking about a turn,
+the TTS bridge whether it is speaking one or the client is still playing what it was sent.
+A stage that is raises the fence past the turn that started before the voice
 (:func:`shared.turns.kill_turns`); whoever raises it first tells the client to drop the audio
 it has queued. From then on no emitter lets anything of the cut turns through.
 
-Passing the entry on in order is what leaves no gap between the two: a turn the agent bridge
-finished before the voice reached it has already handed its reply to the TTS bridge, which
-finds it queued or playing when the voice arrives. Only speech that began after the turn
-started counts: audio the VAD takes late (its backlog after a failover) is placed at the time
-it was said, and an utterance said before the answer it precedes does not cut that answer.
+One gap is closed by the TTS bridge: the agent bridge may finish a turn before the voice
+reaches it, and the TTS bridge hear of the voice before that turn's reply. Every reply to
+speak carries when its turn started, so the TTS bridge, finding the last voice it heard
+began later, decides the barge-in itself. Only speech that began after the turn started
+counts: audio the VAD takes late (its backlog after a failover) is placed at the time it was
+said, and an utterance said before the answer it precedes does not cut that answer.
 """
 
 from __future__ import annotations

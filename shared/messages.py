@@ -395,7 +395,7 @@ class UtteranceIn(Entry):
 class SpeakKind(StrEnum):
     SPEAK = "speak"
     CANCEL = "cancel"
-    VOICE = "voice"  # as InputKind.VOICE, passed on by the agent bridge
+    VOICE = "voice"  # as InputKind.VOICE
     CLOSE = "close"
 
 
@@ -415,6 +415,7 @@ class SpeakIn(Entry):
     seq: int = 0
     voice_end_ms: int = 0  # the first reply of a spoken turn: as AgentInput.voice_end_ms
     voice_start_ms: int = 0  # a VOICE entry: as AgentInput.voice_start_ms
+    turn_started_ms: int = 0  # a reply: when its turn started (Redis's clock, ms; 0: unknown)
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 session's entries go.
 
     client -> gateway -> vad -> stt_bridge -> agent_bridge -> tts_bridge
-                    |      \\--(the user's voice)--^
+                    |      \\--(the user's voice)--^--------------^
                     \\-------(text, actions)-------^
     every stage -> replies -> gateway -> client
 
@@ -67,9 +67,8 @@ PIPELINE: tuple[StageSpec, ...] = (
               maxlen=500),
     StageSpec(Stage.AGENT_BRIDGE, AgentInput, AgentInput(kind=InputKind.CLOSE),
               ("gateway", "stt_bridge", "vad (the user's voice, for barge-in)"), maxlen=10_000),
-    # The agent bridge passes the VAD's voice entries on, behind its replies (shared/barge_in.py).
-    StageSpec(Stage.TTS_BRIDGE, SpeakIn, SpeakIn(kind=SpeakKind.CLOSE), ("agent_bridge",),
-              maxlen=10_000),
+    StageSpec(Stage.TTS_BRIDGE, SpeakIn, SpeakIn(kind=SpeakKind.CLOSE),
+              ("agent_bridge", "vad (the user's voice, for barge-in)"), maxlen=10_000),
 )
 SPECS: dict[Stage, StageSpec] = {spec.stage: spec for spec in PIPELINE}
 

@@ -125,9 +125,10 @@ return {n, n}
 _MARK_STARTED = _NOW_MS + """
 local cur = tonumber(redis.call('HGET', KEYS[1], '""" + STARTED_TURN + """') or '0')
 if tonumber(ARGV[2]) < cur then return 0 end
-redis.call('HSET', KEYS[1], '""" + STARTED_TURN + "', ARGV[2], '" + STARTED_MS + """', now_ms())
+local ms = now_ms()
+redis.call('HSET', KEYS[1], '""" + STARTED_TURN + "', ARGV[2], '" + STARTED_MS + """', ms)
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
+return tonumber(ms)
 """
 
 # KEYS: counter, fence, started. ARGV: ttl, voice_ms (0: unknown). Returns {last turn killed,
@@ -188,7 +189,8 @@ def _turn_start(result: Any) -> TurnStart:
 
 def mark_turn_started(p: Pipeline, sid: str, turn: int) -> None:
     """Queue on ``p``: the agent bridge starts ``turn`` now (later input begun before now
-    waits behind it instead of cutting it short)."""
+    waits behind it instead of cutting it short). Its reply is when (Redis's clock, ms; 0:
+    a later turn had started already)."""
     check_lease()
     p.eval(_MARK_STARTED, 1, keys.turn_started(sid), STATE_TTL_S, turn)
 

@@ -17,7 +17,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from bench import fault_fakes, pipeline_fakes
+from shared import topology
 from shared.keys import Stage
+from shared.messages import SpeakIn, SpeakKind
+from shared.turns import begin_turn, mark_turn_started
 from tests.conftest import TextSystem, make_env
 from tests.fakes import serve
 from tests.harness import Client, Message, RedisServer, is_signal, summary, texts, wait_ready
@@ -161,6 +164,40 @@ async def test_speaking_over_a_running_turn_still_supersedes_it(
         if barge_in:
             assert CLEAR in signals, summary(got)
         await client.close()
+
+
+async def test_a_voice_heard_before_the_reply_of_a_turn_it_began_after_cuts_that_turn(
+        fresh_redis: RedisServer) -> None:
+    """The gap between the two stages that judge barge-in (shared/barge_in.py): the agent
+    bridge finished the turn before the voice reached it, so it cut nothing, and the TTS
+    bridge heard the voice before the turn's reply arrived, while it was quiet. Written to
+    the TTS stage in that order, as the race leaves it: the TTS bridge cuts the turn itself,
+    tells the client to clear, and never shows or speaks the reply."""
+    async with voice_pipeline(fresh_redis, 11, pipeline_fakes.FIXED) as system:
+        r = aioredis.from_url(system.redis_url)
+        client = await Client.connect(system.gateway_port)
+        await client.send_json({"type": "text", "content": "hello", "modality": "audio"})
+        await client.until(is_signal("audio_generation_done"), timeout=30)
+        await client.drain(1.5)  # the client has played it: nothing audible is going on
+        sid = await newest_session(r, set())
+        start = await begin_turn(r, sid)
+        async with r.pipeline(transaction=False) as p:
+            mark_turn_started(p, sid, start.turn)
+            (started_ms,) = await p.execute()
+        async with r.pipeline(transaction=False) as p:
+            topology.send(p, Stage.TTS_BRIDGE, SpeakIn(
+                session_id=sid, kind=SpeakKind.VOICE, voice_start_ms=int(started_ms) + 300))
+            topology.send(p, Stage.TTS_BRIDGE, SpeakIn(
+                session_id=sid, turn=start.turn, text="Not to be heard.", user="agent",
+                type="audio", content="Not to be heard.", seq=1,
+                turn_started_ms=int(started_ms)))
+            await p.execute()
+        got = await client.until(is_signal(CLEAR), timeout=15)
+        got += await client.drain(2.0)
+        assert "Not to be heard." not in texts(got), summary(got)
+        assert not [m for m in got if isinstance(m, bytes)], summary(got)
+        await client.close()
+        await r.aclose()
 
 
 async def test_a_vad_replica_paused_past_its_lease_leaves_the_session_whole(

@@ -50,6 +50,7 @@ class TtsSession(QueuedSession[SpeakIn]):
         # it is, the agent is audibly speaking and the user's voice barges in.
         self._playback_until_ms = 0.0
         self._speaking = 0  # the turn of the reply being handled, 0 when none
+        self._last_voice_ms = 0  # when the latest voice the VAD told of began
 
     def is_close(self, entry: SpeakIn) -> bool:
         return entry.kind == SpeakKind.CLOSE
@@ -68,6 +69,7 @@ class TtsSession(QueuedSession[SpeakIn]):
     async def _voice(self, entry: SpeakIn) -> None:
         """The user is talking (shared/barge_in.py): speaking, or the client still playing,
         a turn that started before the voice? Then it stops, and what is queued behind it."""
+        self._last_voice_ms = max(self._last_voice_ms, entry.voice_start_ms)
         if not (self._speaking or self.queue.pending()
                 or self._playback_until_ms > time.time() * 1000):
             return
@@ -92,6 +94,11 @@ class TtsSession(QueuedSession[SpeakIn]):
 
     async def process(self, entry: SpeakIn) -> None:
         self._speaking = entry.turn
+        if entry.turn_started_ms and self._last_voice_ms > entry.turn_started_ms:
+            # A voice that began after this reply's turn started reached this stage before
+            # the reply did: the agent bridge may have finished the turn before hearing of
+            # it, so the barge-in is decided here (and the reply then dropped as fenced).
+            await interrupt(self.r, self.sid, self._last_voice_ms)
         await self._speak(entry)
 
     def _played(self, nbytes: int) -> None:

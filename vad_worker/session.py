@@ -22,6 +22,8 @@ from shared.messages import (
     AgentInput,
     AudioIn,
     InputKind,
+    SpeakIn,
+    SpeakKind,
     SpeechKind,
     UtteranceIn,
     error_reply,
@@ -207,6 +209,8 @@ class VadSession:
             # (shared/barge_in.py).
             topology.send(p, Stage.AGENT_BRIDGE, AgentInput(
                 session_id=self.sid, kind=InputKind.VOICE, voice_start_ms=voice_ms))
+            topology.send(p, Stage.TTS_BRIDGE, SpeakIn(
+                session_id=self.sid, kind=SpeakKind.VOICE, voice_start_ms=voice_ms))
         self.uncheckpointed += processed_ids
         if self.state.pos - self._checkpointed_pos >= CHECKPOINT_EVERY_SAMPLES or events:
             self._queue_checkpoint(p)
