@@ -7,6 +7,10 @@ work, the floor under the pipeline benchmark's CPU per session.
 - Silero: the model alone (vad_worker.batch_vad, one torch thread) on batches of N windows,
   31.25 windows per second per real-time stream; CPU per session. The vad-worker pays this
   and more.
+- A Redis round trip: the CPU one GET costs the client, through the project's redis-py
+  client (shared.redis_io.connect) and over plain asyncio streams (the same bytes, no
+  library), both on uvloop against a private redis-server. Every stage pays the first one
+  many times per turn.
 
     python -m bench.floors --sessions 100,300 --seconds 10
 """
@@ -127,6 +131,57 @@ def silero_floor(n: int, calls: int = 200) -> float:
     return per_window_s * WINDOWS_PER_S * 100
 
 
+# --- the Redis round trip -------------------------------------------------------------------
+
+def redis_round_trip(calls: int) -> dict[str, float]:
+    """User and system CPU (us) of one GET round trip, through redis-py and without it."""
+    import resource
+
+    import uvloop
+
+    from shared.config import Settings
+    from shared.redis_io import connect
+    from tests.harness import RedisServer
+
+    def cpu() -> tuple[float, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime, usage.ru_stime
+
+    def per_call(before: tuple[float, float]) -> tuple[float, float]:
+        after = cpu()
+        return ((after[0] - before[0]) / calls * 1e6, (after[1] - before[1]) / calls * 1e6)
+
+    server = RedisServer()
+    server.start()
+    try:
+        async def measure() -> dict[str, float]:
+            r = connect(Settings(REDIS_URL=server.url), name="bench")
+            for _ in range(200):
+                await r.get("x")
+            before = cpu()
+            for _ in range(calls):
+                await r.get("x")
+            lib_user, lib_sys = per_call(before)
+            await r.aclose()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            command = b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n"
+            for _ in range(200):
+                writer.write(command)
+                await reader.readline()
+            before = cpu()
+            for _ in range(calls):
+                writer.write(command)
+                await reader.readline()  # "$-1": the key does not exist
+            raw_user, raw_sys = per_call(before)
+            writer.close()
+            return {"redis_py_user_us": lib_user, "redis_py_sys_us": lib_sys,
+                    "raw_user_us": raw_user, "raw_sys_us": raw_sys}
+
+        return uvloop.run(measure())
+    finally:
+        server.stop()
+
+
 def run(quick: bool, sessions: list[int] | None = None, seconds: float | None = None
         ) -> BenchResult:
     sessions = sessions or ([20] if quick else [100, 300])
@@ -144,7 +199,17 @@ def run(quick: bool, sessions: list[int] | None = None, seconds: float | None = 
                       f"Silero model floor, batches of {n}", "% core/session").samples.append(model)
         print(f"  N={n}: websocket receive {fmt(ws)} % of a core per session, "
               f"silero {fmt(model)} %", flush=True)
-    result.details = {"seconds": seconds, "rows": rows, "cpus": psutil.cpu_count()}
+    trip = redis_round_trip(500 if quick else 5000)
+    for key, label in (("redis_py_user_us", "Redis GET round trip, redis-py, user CPU"),
+                       ("redis_py_sys_us", "Redis GET round trip, redis-py, system CPU"),
+                       ("raw_user_us", "Redis GET round trip, plain asyncio, user CPU"),
+                       ("raw_sys_us", "Redis GET round trip, plain asyncio, system CPU")):
+        result.figure(key, label, "us").samples.append(trip[key])
+    print(f"  Redis GET round trip: redis-py {fmt(trip['redis_py_user_us'])} us user + "
+          f"{fmt(trip['redis_py_sys_us'])} us system, plain asyncio "
+          f"{fmt(trip['raw_user_us'])} + {fmt(trip['raw_sys_us'])} us", flush=True)
+    result.details = {"seconds": seconds, "rows": rows, "cpus": psutil.cpu_count(),
+                      "redis_round_trip_us": {k: round(v, 1) for k, v in trip.items()}}
     result.notes.append(
         "Floors under bench.pipeline_load's CPU per session on this machine: a uvicorn + "
         "Starlette endpoint that only receives 30 ms frames (server process CPU), and the "

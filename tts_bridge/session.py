@@ -26,6 +26,7 @@ from shared.messages import (
     signal,
 )
 from shared.ownership import Acker
+from shared.redis_io import id_key
 from shared.stage_session import QueuedSession
 from shared.turns import is_fenced
 from shared.ws_pool import ServiceUnavailable
@@ -50,6 +51,7 @@ class TtsSession(QueuedSession[SpeakIn]):
         # it is, the agent is audibly speaking and the user's voice barges in.
         self._playback_until_ms = 0.0
         self._speaking = 0  # the turn of the reply being handled, 0 when none
+        self._speaking_since_ms = 0.0  # when (wall clock) it began
         self._last_voice_ms = 0  # when the latest voice the VAD told of began
 
     def is_close(self, entry: SpeakIn) -> bool:
@@ -60,18 +62,26 @@ class TtsSession(QueuedSession[SpeakIn]):
             # Drop what this cancel covers, queued or being spoken, without waiting.
             self._drop(lambda turn: not entry.turn or turn <= entry.turn, current=True)
         elif entry.kind == SpeakKind.VOICE:
-            await self._voice(entry)
+            await self._voice(entry, told_ms=id_key(entry_id)[0])
         else:
+            if entry.turn_started_ms and self._last_voice_ms > entry.turn_started_ms:
+                # The VAD told of a voice before this reply reached the stream, and the voice
+                # began after the reply's turn started: the agent was still thinking when the
+                # VAD told, but may have finished before hearing of it. Decided here; the
+                # reply is then dropped as fenced.
+                await interrupt(self.r, self.sid, self._last_voice_ms)
             return False
         self.acker.ack(entry_id)
         return True
 
-    async def _voice(self, entry: SpeakIn) -> None:
-        """The user is talking (shared/barge_in.py): speaking, or the client still playing,
-        a turn that started before the voice? Then it stops, and what is queued behind it."""
+    async def _voice(self, entry: SpeakIn, told_ms: int) -> None:
+        """The user is talking (shared/barge_in.py): was this stage speaking, or the client
+        still playing, when the VAD told (``told_ms``, when its entry was written)? Then the
+        turn stops, and what is queued behind it. A reply that was only waiting (its replica
+        died and this one took it over late) is not cut: the user heard nothing of it."""
         self._last_voice_ms = max(self._last_voice_ms, entry.voice_start_ms)
-        if not (self._speaking or self.queue.pending()
-                or self._playback_until_ms > time.time() * 1000):
+        if not ((self._speaking and self._speaking_since_ms <= told_ms)
+                or self._playback_until_ms > told_ms):
             return
         kill = await interrupt(self.r, self.sid, entry.voice_start_ms)
         if kill is not None:
@@ -93,12 +103,7 @@ class TtsSession(QueuedSession[SpeakIn]):
             SPOKEN.labels("cancelled").inc()
 
     async def process(self, entry: SpeakIn) -> None:
-        self._speaking = entry.turn
-        if entry.turn_started_ms and self._last_voice_ms > entry.turn_started_ms:
-            # A voice that began after this reply's turn started reached this stage before
-            # the reply did: the agent bridge may have finished the turn before hearing of
-            # it, so the barge-in is decided here (and the reply then dropped as fenced).
-            await interrupt(self.r, self.sid, self._last_voice_ms)
+        self._speaking, self._speaking_since_ms = entry.turn, time.time() * 1000
         await self._speak(entry)
 
     def _played(self, nbytes: int) -> None:
