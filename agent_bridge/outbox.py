@@ -26,8 +26,9 @@ class Outbox:
         self.r, self.sid, self.turn, self.modality = r, sid, turn, modality
         self._outputs = 0
         self._voice_end_ms = voice_end_ms  # goes with the first reply to speak only
-        # When the turn started (Redis's clock, ms): with every reply to speak, so the TTS
-        # stage can tell a voice it heard before the reply had begun over it (barge-in).
+        # When the turn started (Redis's clock, ms), sent with every reply to speak: the TTS
+        # stage cuts the turn if a voice it heard of before the reply began after that
+        # (shared/barge_in.py).
         self.started_ms = 0
 
     async def direct(self, reply: Reply) -> None:

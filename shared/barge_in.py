@@ -3,17 +3,20 @@
 Once the user's voice has lasted ``BARGE_IN_MIN_MS``, the VAD tells both the agent bridge
 (``InputKind.VOICE``) and the TTS bridge (``SpeakKind.VOICE``) when it began. Each asks only
 itself whether the agent is active: the agent bridge whether it is thinking about a turn,
-the TTS bridge whether it is speaking one or the client is still playing what it was sent.
+the TTS bridge whether it was speaking one, or the client still playing what it was sent,
+when the VAD told (the voice entry's stream id): a reply that was only waiting, in the
+backlog of a replica that died, is not cut when its new owner reads the voice late.
 A stage that is raises the fence past the turn that started before the voice
 (:func:`shared.turns.kill_turns`); whoever raises it first tells the client to drop the audio
 it has queued. From then on no emitter lets anything of the cut turns through.
 
 One gap is closed by the TTS bridge: the agent bridge may finish a turn before the voice
-reaches it, and the TTS bridge hear of the voice before that turn's reply. Every reply to
-speak carries when its turn started, so the TTS bridge, finding the last voice it heard
-began later, decides the barge-in itself. Only speech that began after the turn started
-counts: audio the VAD takes late (its backlog after a failover) is placed at the time it was
-said, and an utterance said before the answer it precedes does not cut that answer.
+reaches it, and the TTS bridge hear of the voice before that turn's reply (in its stream's
+order). Every reply to speak carries when its turn started, so the TTS bridge, finding that
+the last voice it heard of began later, decides the barge-in itself. Only speech that began
+after the turn started counts: audio the VAD takes late (its backlog after a failover) is
+placed at the time it was said, and an utterance said before the answer it precedes does not
+cut that answer.
 """
 
 from __future__ import annotations
