@@ -90,7 +90,8 @@ class TtsSession(QueuedSession[SpeakIn]):
 
     def _drop(self, covers: Callable[[int], bool], *, current: bool) -> None:
         """Acknowledge the queued replies of the turns ``covers`` says, unspoken, and cut the
-        one being spoken when ``current``; the client is told to drop what it has queued."""
+        one being spoken when ``current``. The client has been told to drop what it had
+        queued (by whoever raised the fence), so nothing is playing any more."""
         dropped = self.queue.take(lambda item: covers(item[1].turn))
         self.acker.ack(*(i for i, _ in dropped))
         if current:
