@@ -133,11 +133,17 @@ def silero_floor(n: int, calls: int = 200) -> float:
 
 # --- the Redis round trip -------------------------------------------------------------------
 
-def redis_round_trip(calls: int) -> dict[str, float]:
-    """User and system CPU (us) of one GET round trip, through redis-py and without it."""
+def redis_round_trip(calls: int, rounds: int = 5) -> dict[str, float]:
+    """User and system CPU (us) of one round trip: a GET and a three-command pipeline (an
+    entry added, one acknowledged, a hash field read: the shape of a stage's writes), through
+    the project's client (shared/redis_hot_path.py), through redis-py's own (its blocking
+    pool and connection classes, same settings), and a GET over a bare asyncio socket.
+    Clients alternate over ``rounds`` rounds; medians are reported (the machine is shared)."""
     import resource
+    import statistics
 
     import uvloop
+    from redis.asyncio import BlockingConnectionPool, Redis
 
     from shared.config import Settings
     from shared.redis_io import connect
@@ -151,31 +157,58 @@ def redis_round_trip(calls: int) -> dict[str, float]:
         after = cpu()
         return ((after[0] - before[0]) / calls * 1e6, (after[1] - before[1]) / calls * 1e6)
 
+    fields = {b"kind": b"speak", b"session_id": b"bench-session", b"turn": b"7",
+              b"text": b"a sentence for the speech service to say"}
+
+    async def gets(r: Redis) -> tuple[float, float]:
+        before = cpu()
+        for _ in range(calls):
+            await r.get("x")
+        return per_call(before)
+
+    async def pipelines(r: Redis) -> tuple[float, float]:
+        before = cpu()
+        for _ in range(calls):
+            async with r.pipeline(transaction=False) as p:
+                p.xadd("s", fields, maxlen=1000, approximate=True)  # type: ignore[arg-type]
+                p.xack("s", "g", "1-1")
+                p.hget("h", "f")
+                await p.execute()
+        return per_call(before)
+
     server = RedisServer()
     server.start()
     try:
         async def measure() -> dict[str, float]:
-            r = connect(Settings(REDIS_URL=server.url), name="bench")
-            for _ in range(200):
-                await r.get("x")
-            before = cpu()
-            for _ in range(calls):
-                await r.get("x")
-            lib_user, lib_sys = per_call(before)
-            await r.aclose()
+            settings = Settings(REDIS_URL=server.url)
+            project = connect(settings, name="bench")
+            # redis-py's own: the same settings, its own pool and connection classes.
+            plain_pool = BlockingConnectionPool.from_url(
+                server.url, **{k: v for k, v in project.connection_pool.connection_kwargs.items()
+                               if k not in ("host", "port", "db", "connection_class")})
+            plain = Redis.from_pool(plain_pool)
+            samples: dict[str, list[tuple[float, float]]] = {}
+            for _ in range(rounds):
+                for name, client in (("project", project), ("redis_py", plain)):
+                    await gets(client)  # warm
+                    samples.setdefault(f"{name}_get", []).append(await gets(client))
+                    samples.setdefault(f"{name}_pipeline", []).append(await pipelines(client))
+            await project.aclose()
+            await plain.aclose()
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             command = b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n"
-            for _ in range(200):
-                writer.write(command)
-                await reader.readline()
-            before = cpu()
-            for _ in range(calls):
-                writer.write(command)
-                await reader.readline()  # "$-1": the key does not exist
-            raw_user, raw_sys = per_call(before)
+            for _ in range(rounds):
+                before = cpu()
+                for _ in range(calls):
+                    writer.write(command)
+                    await reader.readline()  # "$-1": the key does not exist
+                samples.setdefault("raw_get", []).append(per_call(before))
             writer.close()
-            return {"redis_py_user_us": lib_user, "redis_py_sys_us": lib_sys,
-                    "raw_user_us": raw_user, "raw_sys_us": raw_sys}
+            out: dict[str, float] = {}
+            for key, values in samples.items():
+                out[f"{key}_user_us"] = statistics.median(v[0] for v in values)
+                out[f"{key}_sys_us"] = statistics.median(v[1] for v in values)
+            return out
 
         return uvloop.run(measure())
     finally:
@@ -199,15 +232,18 @@ def run(quick: bool, sessions: list[int] | None = None, seconds: float | None = 
                       f"Silero model floor, batches of {n}", "% core/session").samples.append(model)
         print(f"  N={n}: websocket receive {fmt(ws)} % of a core per session, "
               f"silero {fmt(model)} %", flush=True)
-    trip = redis_round_trip(500 if quick else 5000)
-    for key, label in (("redis_py_user_us", "Redis GET round trip, redis-py, user CPU"),
-                       ("redis_py_sys_us", "Redis GET round trip, redis-py, system CPU"),
-                       ("raw_user_us", "Redis GET round trip, plain asyncio, user CPU"),
-                       ("raw_sys_us", "Redis GET round trip, plain asyncio, system CPU")):
-        result.figure(key, label, "us").samples.append(trip[key])
-    print(f"  Redis GET round trip: redis-py {fmt(trip['redis_py_user_us'])} us user + "
-          f"{fmt(trip['redis_py_sys_us'])} us system, plain asyncio "
-          f"{fmt(trip['raw_user_us'])} + {fmt(trip['raw_sys_us'])} us", flush=True)
+    trip = redis_round_trip(500 if quick else 3000)
+    labels = {"project_get": "Redis GET round trip, the project's client",
+              "redis_py_get": "Redis GET round trip, redis-py's own client",
+              "raw_get": "Redis GET round trip, plain asyncio",
+              "project_pipeline": "Redis 3-command pipeline, the project's client",
+              "redis_py_pipeline": "Redis 3-command pipeline, redis-py's own client"}
+    for key, label in labels.items():
+        for cpu_kind in ("user", "sys"):
+            name = f"{key}_{cpu_kind}_us"
+            result.figure(name, f"{label}, {cpu_kind} CPU", "us").samples.append(trip[name])
+        print(f"  {label}: {fmt(trip[f'{key}_user_us'])} us user + "
+              f"{fmt(trip[f'{key}_sys_us'])} us system", flush=True)
     result.details = {"seconds": seconds, "rows": rows, "cpus": psutil.cpu_count(),
                       "redis_round_trip_us": {k: round(v, 1) for k, v in trip.items()}}
     result.notes.append(

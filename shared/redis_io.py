@@ -13,7 +13,7 @@ import structlog
 from prometheus_client import Counter
 from redis import Redis as SyncRedis
 from redis import exceptions as rexc
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -21,6 +21,7 @@ from redis.backoff import ExponentialBackoff
 from redis.sentinel import Sentinel as SyncSentinel
 
 from shared.config import Settings
+from shared.redis_hot_path import POOL_BASE, lean
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +57,7 @@ WAIT_SHORT = Counter("xrx_redis_wait_short_total",
                      "within REDIS_WAIT_MS (a failover now would lose them)")
 
 
-class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+class BlockingSentinelPool(SentinelConnectionPool, POOL_BASE):  # type: ignore[misc,valid-type]
     """A Sentinel-managed pool that waits for a free connection instead of failing at once."""
 
 
@@ -102,8 +103,8 @@ def connect(settings: Settings, *, name: str = "xrx", retries: int = 3) -> Redis
     if not sentinels:
         if "password" in common and urlparse(settings.redis_url).password:
             del common["password"]  # the URL's own password wins
-        pool = BlockingConnectionPool.from_url(settings.redis_url, **common)
-        return Redis.from_pool(pool)
+        pool = POOL_BASE.from_url(settings.redis_url, **common)
+        return Redis.from_pool(lean(pool))
     _wait = (settings.REDIS_WAIT_REPLICAS, settings.REDIS_WAIT_MS) \
         if settings.REDIS_WAIT_REPLICAS else None
     # Asking the sentinels must be quick: a dead one is skipped for the next.
@@ -112,9 +113,11 @@ def connect(settings: Settings, *, name: str = "xrx", retries: int = 3) -> Redis
         sentinel_kwargs["password"] = settings.REDIS_PASSWORD
     manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
     # check_connection: PING a new connection, so one to a stale address fails here, retried.
-    return cast(Redis, manager.master_for(settings.REDIS_SENTINEL_MASTER, redis_class=Redis,
-                                          connection_pool_class=BlockingSentinelPool,
-                                          check_connection=True, **common))
+    client = cast(Redis, manager.master_for(settings.REDIS_SENTINEL_MASTER, redis_class=Redis,
+                                            connection_pool_class=BlockingSentinelPool,
+                                            check_connection=True, **common))
+    lean(client.connection_pool)
+    return client
 
 
 def queue_wait(p: Pipeline) -> bool:
