@@ -5,16 +5,21 @@ client spent about 190 us of user CPU on a three-command pipeline here against a
 for the same bytes over a bare asyncio socket (``python -m bench.floors``). Where it went
 (cProfile): the command packer (pure Python in the asyncio client; the synchronous client
 uses hiredis), the blocking pool's condition, timeout and observability hooks on every
-checkout and return, and one timeout context per reply even when the reply is already
-buffered. This module keeps redis-py's behaviour (retries, reconnects, Sentinel, errors)
-and takes those three off the common path:
+checkout and return, a task per pipeline to shield the connection's return, a ``wait_for``
+task per send, and one timeout context per reply even when the reply is already buffered.
+This module keeps redis-py's behaviour (retries, reconnects, Sentinel, errors) and takes
+those off the common path:
 
 - :class:`LeanConnection` packs with hiredis, and reads a reply hiredis already holds
   without arming a timeout (a pipeline's replies arrive together: one timeout for the
   first, none for the rest).
+- :class:`LeanConnection` also sends without ``wait_for`` when the socket takes the whole
+  command at once (the timeout only matters while a send waits to drain).
 - :class:`LeanPool` hands out an idle connected connection, and takes one back, without
-  the condition, the timeout or the hooks; when none is idle, or while the pool is in
-  maintenance, it is redis-py's blocking pool as before.
+  the condition, the timeout or the hooks; when none is idle, a caller waits for one, or
+  the pool is in maintenance, it is redis-py's blocking pool as before.
+- :class:`LeanPipeline` gives its connection back without a shielded task when the pool
+  can take it without awaiting anything (nothing to cut in half by a cancellation).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Any
 
 import hiredis
 from redis import exceptions as rexc
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool, ConnectionPool
 
 try:  # what redis-py's hiredis reader returns for "no complete reply buffered yet"
@@ -145,22 +152,56 @@ class LeanPool(BlockingConnectionPool):
                 await self.release(conn)
                 raise
             return conn
-        # Whatever redis-py's version passes (5.x names the command, 8.x nothing).
-        return await super().get_connection(*args, **options)
+        # The pool is exhausted (or in maintenance): wait redis-py's way, counted so that
+        # a connection given back wakes the waiter (see release_now).
+        self._waiting = getattr(self, "_waiting", 0) + 1
+        try:
+            # Whatever redis-py's version passes (5.x names the command, 8.x nothing).
+            return await super().get_connection(*args, **options)
+        finally:
+            self._waiting -= 1
+
+    def release_now(self, connection: AbstractConnection) -> bool:
+        """Give ``connection`` back without awaiting anything, when nothing else needs doing
+        (no caller waiting to be woken, no reconnect due, no maintenance); False otherwise,
+        and the caller releases it the usual way. Not awaiting, it cannot be cut in half by
+        a cancellation, so it needs no shield (redis-py's pipeline shields its release,
+        which costs a task per pipeline)."""
+        if (getattr(self, "_waiting", 0) or getattr(self, "_in_maintenance", False)
+                or connection not in self._in_use_connections
+                or connection.should_reconnect()):
+            return False
+        self._in_use_connections.remove(connection)
+        self._available_connections.append(connection)
+        return True
 
     async def release(self, connection: AbstractConnection) -> None:
-        if (getattr(self, "_in_maintenance", False)
-                or connection not in self._in_use_connections):
+        if not self.release_now(connection):
             await super().release(connection)
+
+
+class LeanPipeline(Pipeline):
+    """redis-py's pipeline, giving its connection back without a shielded task when the
+    pool can take it at once (see :meth:`LeanPool.release_now`)."""
+
+    async def reset(self) -> None:  # type: ignore[override]
+        conn, pool = self.connection, self.connection_pool
+        if (conn is not None and not self.watching and isinstance(pool, LeanPool)
+                and pool.release_now(conn)):
+            self.connection = None
+            self.command_stack = []
+            self.scripts = set()
+            self.explicit_transaction = False
             return
-        self._in_use_connections.remove(connection)
-        if connection.should_reconnect():
-            await connection.disconnect()
-        self._available_connections.append(connection)
-        # Wake one caller waiting for a connection (the pool was exhausted). Uncontended,
-        # the condition's lock is taken without suspending.
-        async with self._condition:
-            self._condition.notify()
+        await super().reset()
+
+
+class LeanRedis(Redis):
+    """The client whose pipelines are :class:`LeanPipeline`."""
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        return LeanPipeline(self.connection_pool, self.response_callbacks, transaction,
+                            shard_hint)
 
 
 def _internals_known() -> bool:
@@ -184,3 +225,4 @@ def lean(pool: ConnectionPool) -> ConnectionPool:
 
 KNOWN = _internals_known()
 POOL_BASE: type[BlockingConnectionPool] = LeanPool if KNOWN else BlockingConnectionPool
+CLIENT: type[Redis] = LeanRedis if KNOWN else Redis

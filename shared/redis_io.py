@@ -21,7 +21,7 @@ from redis.backoff import ExponentialBackoff
 from redis.sentinel import Sentinel as SyncSentinel
 
 from shared.config import Settings
-from shared.redis_hot_path import POOL_BASE, lean
+from shared.redis_hot_path import CLIENT, POOL_BASE, lean
 
 log = structlog.get_logger(__name__)
 
@@ -104,7 +104,7 @@ def connect(settings: Settings, *, name: str = "xrx", retries: int = 3) -> Redis
         if "password" in common and urlparse(settings.redis_url).password:
             del common["password"]  # the URL's own password wins
         pool = POOL_BASE.from_url(settings.redis_url, **common)
-        return Redis.from_pool(lean(pool))
+        return CLIENT.from_pool(lean(pool))
     _wait = (settings.REDIS_WAIT_REPLICAS, settings.REDIS_WAIT_MS) \
         if settings.REDIS_WAIT_REPLICAS else None
     # Asking the sentinels must be quick: a dead one is skipped for the next.
@@ -113,7 +113,7 @@ def connect(settings: Settings, *, name: str = "xrx", retries: int = 3) -> Redis
         sentinel_kwargs["password"] = settings.REDIS_PASSWORD
     manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
     # check_connection: PING a new connection, so one to a stale address fails here, retried.
-    client = cast(Redis, manager.master_for(settings.REDIS_SENTINEL_MASTER, redis_class=Redis,
+    client = cast(Redis, manager.master_for(settings.REDIS_SENTINEL_MASTER, redis_class=CLIENT,
                                             connection_pool_class=BlockingSentinelPool,
                                             check_connection=True, **common))
     lean(client.connection_pool)

@@ -148,3 +148,35 @@ async def test_a_reply_that_never_comes_still_times_out(redis_server: RedisServe
             assert await client.ping()
         finally:
             await client.aclose()
+
+
+async def test_pipelines_beyond_the_pool_size_and_cancelled_ones_leave_it_sound(
+        redis_server: RedisServer) -> None:
+    async with flushed_db(redis_server, DB):
+        client = connect(settings_for(redis_server, REDIS_MAX_CONNECTIONS=3), name="small")
+        pool = client.connection_pool
+
+        async def bump(i: int) -> list[Any]:
+            async with client.pipeline(transaction=False) as p:
+                p.incr(f"n{i % 5}")
+                p.get(f"n{i % 5}")
+                return await p.execute()
+
+        try:
+            # 40 pipelines on a pool of 3, then a burst cancelled mid-flight.
+            results = await asyncio.gather(*(bump(i) for i in range(40)))
+            assert all(int(count) == int(got) for count, got in results)
+            tasks = [asyncio.create_task(bump(i)) for i in range(30)]
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.0005)
+            for task in tasks[::2]:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            assert not pool._in_use_connections
+            assert len(pool._available_connections) <= 3
+            # Every connection left in the pool answers its own command.
+            for i in range(10):
+                assert await client.set(f"k{i}", i)
+                assert await client.get(f"k{i}") == str(i).encode()
+        finally:
+            await client.aclose()
