@@ -219,7 +219,10 @@ def lean(pool: ConnectionPool) -> ConnectionPool:
     holds for all of them. Returns ``pool``."""
     base = pool.connection_class
     if KNOWN and not issubclass(base, LeanConnection):
-        pool.connection_class = type(f"{base.__name__}WithLeanPath", (LeanConnection, base), {})
+        # After ``base`` in the method order: a class that wraps a method (Sentinel's
+        # connection turns a READONLY reply from a demoted primary into a ConnectionError,
+        # so the call is retried on the new one) must still see every reply.
+        pool.connection_class = type(f"{base.__name__}WithLeanPath", (base, LeanConnection), {})
     return pool
 
 

@@ -62,6 +62,37 @@ def test_every_connection_class_gets_the_lean_path() -> None:
             assert isinstance(made, UnixDomainSocketConnection)
 
 
+@pytest.mark.skipif(not KNOWN, reason="redis-py's own client on this redis-py version")
+async def test_a_sentinel_connection_still_turns_readonly_into_a_connection_error(
+        redis_server: RedisServer) -> None:
+    """A primary demoted to a replica answers writes with READONLY; Sentinel's connection
+    class turns that into a ConnectionError (so the call is retried on the new primary),
+    and the lean read path must not answer before it."""
+    class Pool:  # what the connection asks of its Sentinel pool
+        is_master = True
+        check_connection = False
+
+        async def get_master_address(self) -> tuple[str, int]:
+            return "127.0.0.1", redis_server.port
+
+    from redis.asyncio.sentinel import SentinelConnectionPool
+    pool = SentinelConnectionPool("mymaster", None)
+    lean(pool)
+    conn: Any = pool.connection_class(connection_pool=Pool())  # type: ignore[call-arg]
+    assert isinstance(conn, LeanConnection)
+    await conn.connect()
+    try:
+        # Two commands in one send, as a pipeline: the READONLY reply is already buffered
+        # when it is read (the lean path's case).
+        await conn.send_packed_command(conn.pack_commands([
+            ("PING",), ("EVAL", "return redis.error_reply('READONLY demoted')", 0)]))
+        assert await conn.read_response() in (b"PONG", "PONG")
+        with pytest.raises(rexc.ConnectionError, match=r"now a (slave|replica)"):
+            await conn.read_response()
+    finally:
+        await conn.disconnect()
+
+
 def settings_for(server: RedisServer, **extra: Any) -> Settings:
     return Settings(REDIS_URL=f"redis://127.0.0.1:{server.port}/{DB}", **extra)
 
