@@ -134,6 +134,8 @@ class LeanConnection(AbstractConnection):
 class LeanPool(BlockingConnectionPool):
     """redis-py's blocking pool with a fast path for the common case (see :func:`lean`)."""
 
+    _waiting = 0  # callers waiting redis-py's way for a connection (see release_now)
+
     async def get_connection(self, *args: Any, **options: Any) -> Any:
         if self._available_connections and not getattr(self, "_in_maintenance", False):
             conn = self._available_connections.pop()
@@ -154,7 +156,7 @@ class LeanPool(BlockingConnectionPool):
             return conn
         # The pool is exhausted (or in maintenance): wait redis-py's way, counted so that
         # a connection given back wakes the waiter (see release_now).
-        self._waiting = getattr(self, "_waiting", 0) + 1
+        self._waiting += 1
         try:
             # Whatever redis-py's version passes (5.x names the command, 8.x nothing).
             return await super().get_connection(*args, **options)
@@ -167,7 +169,7 @@ class LeanPool(BlockingConnectionPool):
         and the caller releases it the usual way. Not awaiting, it cannot be cut in half by
         a cancellation, so it needs no shield (redis-py's pipeline shields its release,
         which costs a task per pipeline)."""
-        if (getattr(self, "_waiting", 0) or getattr(self, "_in_maintenance", False)
+        if (self._waiting or getattr(self, "_in_maintenance", False)
                 or connection not in self._in_use_connections
                 or connection.should_reconnect()):
             return False
