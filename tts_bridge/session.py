@@ -115,19 +115,21 @@ class TtsSession(QueuedSession[SpeakIn]):
             nbytes / 2 / self.sample_rate * 1000)
 
     async def _speak(self, entry: SpeakIn) -> None:
-        # The message is shown as its speech starts; later ones wait behind it.
-        if not await publish(self.r, self.sid, entry.turn, [Reply(
-                session_id=self.sid, turn=entry.turn, user=entry.user, type=entry.type,
-                content=entry.content, seq=entry.seq)]):
-            SPOKEN.labels("fenced").inc()
-            return
+        message = Reply(session_id=self.sid, turn=entry.turn, user=entry.user, type=entry.type,
+                        content=entry.content, seq=entry.seq)
         if not entry.text.strip():
-            SPOKEN.labels("not_spoken").inc()
+            if await publish(self.r, self.sid, entry.turn, [message]):
+                SPOKEN.labels("not_spoken").inc()
+            else:
+                SPOKEN.labels("fenced").inc()
             return
         loop = asyncio.get_running_loop()
         started = loop.time()
+        # The message is shown as its speech starts, in the round trip of the first audio
+        # chunk (one round trip fewer per reply); later ones wait behind it.
         out = ChunkPublisher(self.r, self.sid, entry.turn, lambda: latency.observe(
-            Step.TTS_FIRST_AUDIO, entry.voice_end_ms, session_id=self.sid, turn=entry.turn))
+            Step.TTS_FIRST_AUDIO, entry.voice_end_ms, session_id=self.sid, turn=entry.turn),
+            leading=message)
         sent = 0
         try:
             async with aclosing(self.tts.synthesize(entry.text)) as chunks:
