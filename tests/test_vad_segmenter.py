@@ -7,6 +7,7 @@ stand-in. Pure segmentation rules are also checked with hand-written probabiliti
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from functools import cache, lru_cache
 from itertools import pairwise
@@ -17,7 +18,7 @@ import soxr
 import torch
 
 from vad_worker import state as state_module
-from vad_worker.batch_vad import BatchVad
+from vad_worker.batch_vad import BatchVad, StateBank
 from vad_worker.engine import VadEngine
 from vad_worker.events import SilenceStarted, SpeechStarted, Utterance, VadEvent
 from vad_worker.rechunk import WINDOW_BYTES, WINDOW_SAMPLES, pcm_to_float, rechunk
@@ -334,6 +335,9 @@ def test_batched_inference_equals_package_wrapper(model: BatchVad, kind: str) ->
         with torch.no_grad():
             expected.append([float(ref(torch.from_numpy(w), 16000).item()) for w in ws])
     states = [SessionVadState(f"b{k}") for k in range(len(streams))]
+    # Sessions already gone left rows behind: the bank hands them out zeroed.
+    model.infer([(SessionVadState(f"old{k}"), windows[0][5]) for k in range(5)])
+    gc.collect()
     got: list[list[float]] = [[] for _ in streams]
     for i in range(n_windows):
         for k, p in enumerate(
@@ -343,6 +347,36 @@ def test_batched_inference_equals_package_wrapper(model: BatchVad, kind: str) ->
     diff = np.max(np.abs(np.array(got) - np.array(expected)))
     assert diff < 1e-4
     assert max(max(e) for e in expected) > 0.9  # the speech was actually recognised
+
+
+def test_state_bank_rows_follow_their_sessions_through_growth_and_replacement() -> None:
+    bank = StateBank(rows=4)
+    rng = np.random.default_rng(5)
+    states = [SessionVadState(f"g{k}", rnn_state=rng.standard_normal((2, 1, 128)).astype(
+        np.float32), context=rng.standard_normal(CONTEXT_SAMPLES).astype(np.float32))
+        for k in range(10)]
+    before = [(st.rnn_state.copy(), st.context.copy()) for st in states]
+    rows = bank.rows(states)  # 10 sessions in a bank of 4 rows: it grows, twice
+    assert len(set(rows.tolist())) == 10 and len(bank) == 10
+    for st, (rnn, context), row in zip(states, before, rows, strict=True):
+        assert np.array_equal(st.rnn_state, rnn) and np.array_equal(st.context, context)
+        assert np.array_equal(bank.rnn[row], rnn[:, 0, :])  # the state is a view of its row
+    bank.rnn[rows[3]] += 1.0
+    assert np.array_equal(states[3].rnn_state, before[3][0] + 1.0)
+    # A state restored from a checkpoint brings its own arrays: taken in again, same row.
+    restored = SessionVadState.from_bytes(states[5].to_bytes())
+    restored.rnn_state = restored.rnn_state * 2
+    states[5].rnn_state, states[5].context = restored.rnn_state, restored.context
+    assert bank.rows([states[5]])[0] == rows[5]
+    assert np.array_equal(bank.rnn[rows[5]], 2 * before[5][0][:, 0, :])
+    # Sessions that go give their rows back, and new ones take them.
+    gone = set(rows[:6].tolist())
+    del states[:6], st
+    gc.collect()
+    assert len(bank) == 4
+    newcomers = [SessionVadState(f"n{k}") for k in range(6)]
+    assert set(bank.rows(newcomers).tolist()) == gone
+    assert not bank.rnn[list(gone)].any()  # a new session starts from a zero state
 
 
 @pytest.mark.voice
