@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -177,6 +178,8 @@ async def redis_client(settings: Settings, *, name: str = "xrx") -> AsyncIterato
         await client.aclose()
 
 
+# Cached: every session of an audio batch entry parses the entry's id, twice.
+@functools.lru_cache(maxsize=4096)
 def id_key(entry_id: bytes) -> tuple[int, int]:
     """A stream id as a sortable pair (bytes compare wrongly: b"9-0" > b"10-0")."""
     ms, _, seq = entry_id.partition(b"-")

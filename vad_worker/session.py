@@ -221,7 +221,7 @@ class VadSession:
     def barge_in_voice(self, events: list[VadEvent]) -> int | None:
         """When (wall clock) the voice that is long enough for barge-in began, if this batch
         found one: barge-in cuts only a turn that started before it."""
-        if self.closed:
+        if self.closed or not events:
             return None
         return next((self._wall(e.voice_start_ms) for e in events
                      if isinstance(e, SpeechStarted)), None)
