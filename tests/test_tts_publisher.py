@@ -57,24 +57,3 @@ async def test_a_fenced_turn_stops_the_publisher(r: aioredis.Redis) -> None:
     assert out.fenced
     assert not out.add(chunk(2))  # known now: stop producing
     assert not first  # a fenced chunk is not "first audio published"
-
-
-async def test_the_message_goes_out_with_the_first_chunk_and_never_alone(
-        r: aioredis.Redis) -> None:
-    text = Reply(session_id=SID, turn=3, user="agent", type="audio", content="Hello.", seq=1)
-    out = ChunkPublisher(r, SID, 3, leading=text)
-    assert await published(r) == []  # not shown before its speech starts
-    assert out.add(chunk(1))
-    assert await out.flush()
-    got = await published(r)
-    assert [(g.content, g.chunk) for g in got] == [("Hello.", 0), ("", 1)]
-
-
-async def test_the_message_is_shown_when_no_audio_comes(r: aioredis.Redis) -> None:
-    """The TTS service down, or a text it speaks as silence: the words still reach the
-    client, before whatever ``flush`` adds."""
-    text = Reply(session_id=SID, turn=3, user="agent", type="audio", content="Hello.", seq=1)
-    out = ChunkPublisher(r, SID, 3, leading=text)
-    error = Reply(session_id=SID, turn=0, user="system", type="error", content="TTS down")
-    assert await out.flush(error)
-    assert [g.content for g in await published(r)] == ["Hello.", "TTS down"]

@@ -39,13 +39,11 @@ class ChunkPublisher:
     trip is in flight."""
 
     def __init__(self, r: Redis, sid: str, turn: int,
-                 on_first_published: Callable[[], None] = lambda: None,
-                 leading: Reply | None = None) -> None:
-        """``leading`` goes out with the first chunk (or with :meth:`flush`)."""
+                 on_first_published: Callable[[], None] = lambda: None) -> None:
         self.r, self.sid, self.turn = r, sid, turn
         self._on_first_published: Callable[[], None] | None = on_first_published
         self.fenced = False
-        self._waiting: list[Reply] = [] if leading is None else [leading]
+        self._waiting: list[Reply] = []
         self._inflight: asyncio.Task[bool] | None = None
 
     def add(self, reply: Reply) -> bool:

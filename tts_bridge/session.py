@@ -115,21 +115,19 @@ class TtsSession(QueuedSession[SpeakIn]):
             nbytes / 2 / self.sample_rate * 1000)
 
     async def _speak(self, entry: SpeakIn) -> None:
-        message = Reply(session_id=self.sid, turn=entry.turn, user=entry.user, type=entry.type,
-                        content=entry.content, seq=entry.seq)
+        # The message is shown as its speech starts; later ones wait behind it.
+        if not await publish(self.r, self.sid, entry.turn, [Reply(
+                session_id=self.sid, turn=entry.turn, user=entry.user, type=entry.type,
+                content=entry.content, seq=entry.seq)]):
+            SPOKEN.labels("fenced").inc()
+            return
         if not entry.text.strip():
-            if await publish(self.r, self.sid, entry.turn, [message]):
-                SPOKEN.labels("not_spoken").inc()
-            else:
-                SPOKEN.labels("fenced").inc()
+            SPOKEN.labels("not_spoken").inc()
             return
         loop = asyncio.get_running_loop()
         started = loop.time()
-        # The message is shown as its speech starts, in the round trip of the first audio
-        # chunk (one round trip fewer per reply); later ones wait behind it.
         out = ChunkPublisher(self.r, self.sid, entry.turn, lambda: latency.observe(
-            Step.TTS_FIRST_AUDIO, entry.voice_end_ms, session_id=self.sid, turn=entry.turn),
-            leading=message)
+            Step.TTS_FIRST_AUDIO, entry.voice_end_ms, session_id=self.sid, turn=entry.turn))
         sent = 0
         try:
             async with aclosing(self.tts.synthesize(entry.text)) as chunks:
