@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, str] = {
     "agent_client": "bench.agent_client",
     "floors": "bench.floors",
     "pipeline": "bench.pipeline_load",
+    "vad_alone": "bench.vad_alone",
     "faults": "bench.faults",
     "soak": "bench.soak",
 }
