@@ -53,6 +53,7 @@ class BatchVad:
             model = silero_vad.load_silero_vad(onnx=False)
         # Importing silero_vad sets torch to one thread; the caller's choice must win.
         torch.set_num_threads(num_threads)
+        self.num_threads = num_threads
         # The inner 16 kHz network: forward(x [B, 64+512], state [2, B, 128]) -> (prob, state).
         # The outer wrapper only adds the context bookkeeping that SessionVadState now owns.
         inner = model._model
@@ -74,6 +75,12 @@ class BatchVad:
         self._bank = StateBank()
         if warmup:
             self._warm_up()
+
+    def bind_thread(self) -> None:
+        """Run in each thread that will call the model: OpenMP's thread count is per thread,
+        and a thread that never set it gives an OpenMP team to whatever op asks (its idle
+        member then spins: 35 % of a core at one session, until this was called)."""
+        torch.set_num_threads(self.num_threads)
 
     def _warm_up(self) -> None:
         for batch in _WARMUP_BATCHES:
@@ -129,16 +136,20 @@ class StateBank:
         self.rnn = np.zeros((rows, RNN_SHAPE[0], RNN_SHAPE[2]), dtype=np.float32)
         self.context = np.zeros((rows, CONTEXT_SAMPLES), dtype=np.float32)
         self._free = list(range(rows - 1, -1, -1))
-        self._row: weakref.WeakKeyDictionary[SessionVadState, int] = weakref.WeakKeyDictionary()
+        # Keyed by id(): a finalizer drops a state's entry as the state dies, before its id
+        # can be reused (a WeakKeyDictionary lookup costs ~0.5 us a session and window).
+        self._row: dict[int, int] = {}
+        self._states: weakref.WeakValueDictionary[int, SessionVadState] = (
+            weakref.WeakValueDictionary())
         # Rows are freed by finalizers, which run on whichever thread drops the last reference.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a finalizer may run inside _grow, on this thread
 
     def rows(self, states: list[SessionVadState]) -> np.ndarray:
         """Each state's row, taking in the states that are new or have replaced arrays."""
         out = np.empty(len(states), dtype=np.intp)
         row_of = self._row
         for k, st in enumerate(states):
-            row = row_of.get(st)
+            row = row_of.get(id(st))
             if (row is None or st.rnn_state.base is not self.rnn
                     or st.context.base is not self.context):
                 row = self._take_in(st, row)
@@ -157,8 +168,9 @@ class StateBank:
                 if not self._free:
                     self._grow()
                 row = self._free.pop()
-            self._row[st] = row
-            weakref.finalize(st, self._release, row)
+            self._row[id(st)] = row
+            self._states[id(st)] = st
+            weakref.finalize(st, self._release, id(st), row)
         self.rnn[row] = rnn[:, 0, :]
         self.context[row] = context
         self._point(st, row)
@@ -175,9 +187,10 @@ class StateBank:
         rnn[:size], context[:size] = self.rnn, self.context
         self.rnn, self.context = rnn, context
         self._free.extend(range(2 * size - 1, size - 1, -1))
-        for st, row in list(self._row.items()):
-            self._point(st, row)
+        for key, st in list(self._states.items()):
+            self._point(st, self._row[key])
 
-    def _release(self, row: int) -> None:
+    def _release(self, key: int, row: int) -> None:
         with self._lock:
+            del self._row[key]
             self._free.append(row)

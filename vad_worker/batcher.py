@@ -37,7 +37,8 @@ class VadBatcher:
         self._batch_done = asyncio.Event()
         # One thread: the model is not shared between concurrent calls, and inference never
         # runs on the event loop.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad-infer")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad-infer",
+                                        initializer=engine.model.bind_thread)
         self._task = asyncio.create_task(self._run())
 
     def submit(self, session: VadSession) -> None:

@@ -48,7 +48,7 @@ class VadEngine:
             ready = [k for k, (_, w) in enumerate(sessions) if len(w) > i]
             # One conversion for the whole batch: per-window numpy calls cost as much as
             # the model at a few hundred sessions.
-            batch = pcm_to_float(b"".join(sessions[k][1][i] for k in ready)).reshape(
+            batch = pcm_to_float(b"".join([sessions[k][1][i] for k in ready])).reshape(
                 len(ready), WINDOW_SAMPLES)
             out = self.model.infer_batch([sessions[k][0] for k in ready], batch)
             for k, p in zip(ready, out.tolist(), strict=True):
