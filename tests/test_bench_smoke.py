@@ -47,3 +47,19 @@ def test_quick_bench_writes_results_with_the_expected_keys(tmp_path: Path) -> No
     assert "| vad |" in md and "| tts |" in md
     # Only the temporary directory was written: the committed results stay as they are.
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]
+
+
+def test_vad_alone_bench_hears_every_utterance_of_one_session(tmp_path: Path) -> None:
+    """The VAD-alone benchmark drives a real vad-worker through Redis the way the gateway's
+    audio ingest does; with one session nothing may be lost or shed, or its figures for
+    hundreds mean nothing."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.vad_alone", "--sessions", "1", "--seconds", "9",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = json.loads((tmp_path / "results.json").read_text())["benchmarks"]["vad_alone"]
+    row = run["details"]["runs"][0]
+    assert row["n"] == 1
+    assert row["utterances"] >= 1
+    assert row["lost"] == 0 and row["extra_entries"] == 0 and row["shed_entries"] == 0
