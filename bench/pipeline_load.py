@@ -376,7 +376,11 @@ async def run_level(system: Pipeline, cycle: Cycle, pcm_path: Path, n: int, seco
 
 async def settle(system: Pipeline, max_s: float = 30.0) -> None:
     """Wait until the system is idle again (a backlog from an overloaded level drained)."""
-    pids = system.pids()
+    await settle_pids(system.pids(), max_s)
+
+
+async def settle_pids(pids: dict[str, int], max_s: float = 30.0) -> None:
+    """Wait until these processes together use under 15 % of a core, ``max_s`` at most."""
     deadline = time.monotonic() + max_s
     while time.monotonic() < deadline:
         c0 = {n: cpu_s(p) or 0.0 for n, p in pids.items()}
@@ -698,12 +702,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = asyncio.run(run_levels(levels, args.seconds, args.warmup, args.lease_ms))
     result = result_from(rows, scale, args.seconds, args.warmup, args.lease_ms)
     result.seconds = time.perf_counter() - started
-    print("\n".join(result.details["table"]))
-    for note in result.notes:
-        print(f"  - {note}")
-    if not args.no_write:
-        md, js = report.write_standalone(result, args.out)
-        print(f"wrote {md} and {js}")
+    report.finish_standalone(result, args.out, save=not args.no_write)
     return 0
 
 

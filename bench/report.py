@@ -133,3 +133,14 @@ def write_standalone(result: BenchResult, out_dir: Path) -> tuple[Path, Path]:
         doc["only"] = [*doc.get("only", []), result.name]
     results = [BenchResult.from_json(name, body) for name, body in doc["benchmarks"].items()]
     return write(out_dir, doc, results)
+
+
+def finish_standalone(result: BenchResult, out_dir: Path, save: bool) -> None:
+    """A standalone run's end: its table and notes printed and, if ``save``, its section of
+    the results files replaced."""
+    print("\n".join(result.details["table"]))
+    for note in result.notes:
+        print(f"  - {note}")
+    if save:
+        md, js = write_standalone(result, out_dir)
+        print(f"wrote {md} and {js}")

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 
 from bench import report
 from bench.common import BenchResult, fmt
-from bench.pipeline_load import FRAME_BYTES, Cycle, cpu_s, pct, rss_mb
+from bench.pipeline_load import FRAME_BYTES, Cycle, cpu_s, pct, rss_mb, settle_pids
 from gateway.audio_ingest import WRITE_INTERVAL_S
 from gateway.sessions import close_session, open_session
 from shared import keys, topology
@@ -199,16 +199,6 @@ async def run_level(redis_url: str, vad: Proc, health_port: int, redis_pid: int,
             "steady_window_s": round(m1 - m0, 1)}
 
 
-async def settle(pid: int, max_s: float = 30.0) -> None:
-    """Wait for the worker to go idle (the previous level's sessions closed)."""
-    deadline = time.monotonic() + max_s
-    while time.monotonic() < deadline:
-        c0 = cpu_s(pid) or 0.0
-        await asyncio.sleep(1.0)
-        if (cpu_s(pid) or 0.0) - c0 < 0.1:
-            return
-
-
 async def run_levels(levels: list[int], seconds: float) -> list[dict[str, Any]]:
     cycle = Cycle.make()
     redis = RedisServer()
@@ -224,7 +214,8 @@ async def run_levels(levels: list[int], seconds: float) -> list[dict[str, Any]]:
         await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}/readyz", 120)
         for n in levels:
             assert vad.proc is not None
-            await settle(vad.proc.pid)
+            # The previous level's sessions closed and their backlog gone.
+            await settle_pids({"vad-worker": vad.proc.pid})
             print(f"  N={n} ...", flush=True)
             row = await run_level(redis.url, vad, port, redis.proc.pid, cycle, n, seconds)
             print("  " + row_line(row), flush=True)
@@ -312,12 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result = result_from(asyncio.run(run_levels(levels, args.seconds)), args.seconds)
     result.seconds = time.perf_counter() - started
-    print("\n".join(result.details["table"]))
-    for note in result.notes:
-        print(f"  - {note}")
-    if not args.no_write:
-        md, js = report.write_standalone(result, args.out)
-        print(f"wrote {md} and {js}")
+    report.finish_standalone(result, args.out, save=not args.no_write)
     return 0
 
 
