@@ -34,7 +34,10 @@ async def publish_transcript(r: Redis, sid: str, text: str, *,
             return 0
         start = once
     turn = start.turn
-    log.info("transcript", session_id=sid, turn=turn, text=text, supersedes=start.supersedes)
+    # What the user said is theirs: at INFO only its size; the words at DEBUG.
+    log.info("transcript", session_id=sid, turn=turn, chars=len(text),
+             supersedes=start.supersedes)
+    log.debug("transcript text", session_id=sid, turn=turn, text=text)
     async with r.pipeline(transaction=False) as p:
         # A turn that supersedes fences every earlier one: the gateway learns it with the
         # transcript. One that waits fences nothing: the earlier turns' replies go on.

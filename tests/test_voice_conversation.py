@@ -81,6 +81,10 @@ async def test_spoken_question_gets_a_spoken_answer_with_30ms_frames(
     assert max(len(c) for c in chunks) <= 3200
     assert sum(len(c) for c in chunks) / 32000 > 1.0
     await client.close()
+    # What the user said stays out of the operators' logs at the default level.
+    logged = voice_system.procs["stt-bridge"].log_path.read_text(errors="replace")
+    assert '"event": "transcript"' in logged
+    assert transcripts(got)[0] not in logged
 
 
 async def test_256ms_frames_and_transcript_reaches_the_agent(voice_system: TextSystem) -> None:
