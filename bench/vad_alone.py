@@ -39,9 +39,9 @@ import redis.asyncio as aioredis
 from bench import report
 from bench.common import BenchResult, fmt
 from bench.pipeline_load import FRAME_BYTES, Cycle, cpu_s, pct, rss_mb, settle_pids
-from gateway.audio_ingest import WRITE_INTERVAL_S
 from gateway.sessions import close_session, open_session
 from shared import keys, topology
+from shared.config import Settings
 from shared.keys import Stage
 from shared.messages import SpeechKind, UtteranceIn
 from shared.redis_io import time_ms
@@ -69,8 +69,10 @@ class Session:
 
 async def write_audio(r: aioredis.Redis, sessions: list[Session], cycle: Cycle, t0: float,
                       stop_at: float) -> None:
-    """The gateway's audio ingest, driven by a clock instead of clients: every
-    WRITE_INTERVAL_S, each session's frames due by then, in one pipeline."""
+    """The gateway's audio ingest, driven by a clock instead of clients: each session's
+    frames due by then, in one pipeline, as often as the gateway's pacing says for this
+    many sessions (shared/pacing.py)."""
+    interval = Settings().audio_pacing.interval_s(len(sessions))
     frames_per_cycle = len(cycle.pcm) // FRAME_BYTES
     redis_ms: int | None = None
     tick = 0
@@ -100,7 +102,7 @@ async def write_audio(r: aioredis.Redis, sessions: list[Session], cycle: Cycle, 
             for s in ended:
                 s.ends.append(written)
         tick += 1
-        await asyncio.sleep(max(0.0, t0 + tick * WRITE_INTERVAL_S - time.monotonic()))
+        await asyncio.sleep(max(0.0, t0 + tick * interval - time.monotonic()))
 
 
 async def read_utterances(r: aioredis.Redis, by_sid: dict[str, Session]) -> None:

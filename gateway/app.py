@@ -66,7 +66,8 @@ class Gateway:
         self.notices = OutageNotices(lambda sid, text: self._tell(sid, text, MsgType.ERROR),
                                      lambda sid, text: self._tell(sid, text, MsgType.INFO))
         # Twice what the VAD takes: a take-over replays up to ~3 s from a checkpoint.
-        self.audio = AudioIngest(r, self.notices, keep_ms=2 * settings.VAD_MAX_LAG_MS)
+        self.audio = AudioIngest(r, self.notices, keep_ms=2 * settings.VAD_MAX_LAG_MS,
+                                 pacing=settings.audio_pacing)
         self.placement = Placement(r)
 
     def _tell(self, sid: str, text: str, type_: MsgType) -> None:

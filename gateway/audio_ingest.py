@@ -24,12 +24,12 @@ from redis.asyncio import Redis
 
 from gateway.outage import OutageNotices
 from shared import topology
+from shared.pacing import Pacing
 from shared.redis_io import TRANSIENT, time_ms
 
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 4096
-WRITE_INTERVAL_S = 0.04
 # Frames waiting for Redis before a client's receive loop has to wait (TCP backpressure):
 # bounds the gateway's audio backlog (20,000 frames of 30 ms = 19 MB, 10 minutes of one
 # session's audio, or 6 s for 100 sessions).
@@ -40,10 +40,11 @@ BATCH_FRAMES = Histogram("xrx_gateway_audio_batch_frames", "Audio frames per Red
 
 
 class AudioIngest:
-    def __init__(self, r: Redis, notices: OutageNotices, keep_ms: int) -> None:
+    def __init__(self, r: Redis, notices: OutageNotices, keep_ms: int, pacing: Pacing) -> None:
         """``notices`` hears which sessions lost frames, and when writes succeed again;
-        ``keep_ms`` is how much audio the VAD partitions keep."""
-        self.r, self.notices, self.keep_ms = r, notices, keep_ms
+        ``keep_ms`` is how much audio the VAD partitions keep; ``pacing`` how often to
+        write."""
+        self.r, self.notices, self.keep_ms, self.pacing = r, notices, keep_ms, pacing
         self._redis_ms: int | None = None  # Redis's clock at the last write
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(MAX_WAITING)
 
@@ -76,10 +77,11 @@ class AudioIngest:
                     self.notices.audio_lost(sid)
             else:
                 self.notices.ended()
-            # At most one round trip per WRITE_INTERVAL_S: under load each one carries one
-            # entry per session joining a frame or two, which halves what every step
-            # downstream pays per entry, at a cost of 20 ms of latency on average.
-            await asyncio.sleep(max(0.0, started + WRITE_INTERVAL_S - loop.time()))
+            # At most one round trip per interval: under load each one carries one entry
+            # per session joining several frames, which divides what every step downstream
+            # pays per entry; the interval grows with the sessions (shared/pacing.py).
+            interval = self.pacing.interval_s(len(by_session))
+            await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
     async def _write(self, by_session: dict[str, list[bytes]]) -> None:
         keep_after = None if self._redis_ms is None else self._redis_ms - self.keep_ms

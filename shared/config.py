@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.pacing import Pacing
+
 DEFAULT_API_KEY = "123456"
 
 # Providers that take a continuous audio stream and return final transcripts themselves, so
@@ -150,6 +152,11 @@ class Settings(BaseSettings):
     # Audio older than this when the VAD reads it is dropped (the client is told once):
     # under overload the backlog is shed instead of growing without bound.
     VAD_MAX_LAG_MS: int = Field(3000, ge=100)
+    # How often the gateway writes client audio and the VAD runs a batch (shared/pacing.py):
+    # AUDIO_BATCH_MS with a few sessions, AUDIO_BATCH_LOADED_MS from 64 sessions per process
+    # (per write or batch) on. Equal values keep one cadence whatever the load.
+    AUDIO_BATCH_MS: int = Field(40, ge=5, le=500)
+    AUDIO_BATCH_LOADED_MS: int = Field(80, ge=5, le=500)
 
     @field_validator("SAMPLE_RATE")
     @classmethod
@@ -164,6 +171,19 @@ class Settings(BaseSettings):
         if not v.startswith("/"):
             raise ValueError("must start with '/'")
         return v
+
+    @model_validator(mode="after")
+    def _audio_batch(self) -> Settings:
+        if self.AUDIO_BATCH_LOADED_MS < self.AUDIO_BATCH_MS:
+            raise ValueError("AUDIO_BATCH_LOADED_MS must be at least AUDIO_BATCH_MS")
+        if self.AUDIO_BATCH_LOADED_MS * 2 > self.VAD_MAX_LAG_MS:
+            raise ValueError("AUDIO_BATCH_LOADED_MS must be at most half of VAD_MAX_LAG_MS "
+                             "(audio waiting a batch would be shed as late)")
+        return self
+
+    @property
+    def audio_pacing(self) -> Pacing:
+        return Pacing.from_ms(self.AUDIO_BATCH_MS, self.AUDIO_BATCH_LOADED_MS)
 
     @model_validator(mode="after")
     def _redis_url(self) -> Settings:

@@ -19,6 +19,9 @@ from tests.harness import ROOT
     ({"REDIS_SENTINELS": "sentinel-0:26379,sentinel-1"}, "REDIS_SENTINELS: 'sentinel-1'"),
     ({"REDIS_MAX_CONNECTIONS": "-1"}, "REDIS_MAX_CONNECTIONS"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ({"AUDIO_BATCH_MS": "80", "AUDIO_BATCH_LOADED_MS": "40"},
+     "AUDIO_BATCH_LOADED_MS must be at least AUDIO_BATCH_MS"),
+    ({"AUDIO_BATCH_LOADED_MS": "400", "VAD_MAX_LAG_MS": "500"}, "at most half of VAD_MAX_LAG_MS"),
 ])
 def test_gateway_refuses_to_start_with_a_bad_setting(env: dict[str, str], expected: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "shared.cli", "gateway"], cwd=ROOT,

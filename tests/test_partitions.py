@@ -1,4 +1,4 @@
-"""Pure logic of the stream layer: shares, rebalancing plans, placement, entry codecs."""
+"""Pure logic of the stream layer: shares, rebalancing plans, placement, entry codecs, pacing."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from shared.messages import (
     session_of,
 )
 from shared.ownership import Acker, Partition
+from shared.pacing import LIGHT_SESSIONS, LOADED_SESSIONS, Pacing
 from vad_worker.state import SessionVadState
 
 
@@ -137,3 +138,15 @@ def test_a_shared_entry_is_acknowledged_once_every_session_has() -> None:
     # A session closed for good lets go of what it still shared.
     part.ack_all("b")
     assert part.to_ack == [b"1-0", b"3-0", b"2-0"] and not part.shared
+
+
+def test_audio_moves_every_light_interval_for_few_sessions_and_the_loaded_one_under_load(
+        ) -> None:
+    pacing = Pacing.from_ms(40, 80)
+    assert pacing.interval_s(1) == pacing.interval_s(LIGHT_SESSIONS) == 0.04
+    assert pacing.interval_s(LOADED_SESSIONS) == pacing.interval_s(5000) == 0.08
+    middle = (LIGHT_SESSIONS + LOADED_SESSIONS) // 2
+    assert pacing.interval_s(middle) == pytest.approx(0.06)
+    steps = [pacing.interval_s(n) for n in range(LIGHT_SESSIONS, LOADED_SESSIONS + 1)]
+    assert steps == sorted(steps)
+    assert Pacing.from_ms(40, 40).interval_s(5000) == 0.04  # one cadence whatever the load

@@ -10,6 +10,7 @@ import structlog
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 
+from shared.pacing import Pacing
 from shared.redis_io import TRANSIENT
 from vad_worker.engine import VadEngine
 from vad_worker.events import VadEvent
@@ -19,7 +20,14 @@ log = structlog.get_logger(__name__)
 
 BATCH_SESSIONS = Histogram("xrx_vad_batch_sessions", "Sessions per VAD batch",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
-MIN_BATCH_INTERVAL_S = 0.04
+# Redis answers a blocked read of many streams with the first one written to: of a gateway
+# write (one pipeline, an entry per partition), the read that wakes this worker brings one
+# partition, the next read a moment later the rest. A batch begun at once would leave most
+# sessions of the write for the next batch, an interval later.
+GATHER_S = 0.003
+# A batch may start this share of the gateway's interval after the last one: a little under
+# it, so batches follow the writes at once instead of drifting behind them.
+CADENCE = 0.75
 BATCH_SECONDS = Histogram("xrx_vad_batch_seconds", "Time of one VAD batch (model included)")
 
 
@@ -27,8 +35,9 @@ class VadBatcher:
     """While one batch runs in the inference thread, audio for the next one accumulates,
     so batches widen by themselves as load grows."""
 
-    def __init__(self, r: Redis, engine: VadEngine) -> None:
-        self.r, self.engine = r, engine
+    def __init__(self, r: Redis, engine: VadEngine, pacing: Pacing) -> None:
+        self.r, self.engine, self.pacing = r, engine, pacing
+        self._sessions = 0  # in the last batch
         self._ready: dict[str, VadSession] = {}
         self._wake = asyncio.Event()
         # The sessions of the batch being processed, and its end: a session handed over
@@ -64,6 +73,7 @@ class VadBatcher:
         while True:
             await self._wake.wait()
             started = loop.time()
+            await asyncio.sleep(GATHER_S)
             self._wake.clear()
             try:
                 await self._one_batch()
@@ -74,7 +84,8 @@ class VadBatcher:
             # Batches are paced as the gateway writes audio: by then every session has sent
             # its next entry, so one model call covers them all (a batch of 64 serves 7.5
             # times as many streams per core as batches of one).
-            await asyncio.sleep(max(0.0, started + MIN_BATCH_INTERVAL_S - loop.time()))
+            interval = CADENCE * self.pacing.interval_s(self._sessions)
+            await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
     async def _one_batch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -84,6 +95,7 @@ class VadBatcher:
         frames = [(s.state, pcm) for s, _, pcm in work if pcm]
         if not frames:
             return
+        self._sessions = len(frames)
         BATCH_SESSIONS.observe(len(frames))
         with BATCH_SECONDS.time():
             try:

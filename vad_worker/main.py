@@ -22,7 +22,8 @@ from vad_worker.session import VadSession
 @asynccontextmanager
 async def setup(settings: Settings, r: Redis) -> AsyncIterator[HandlerFactory]:
     model = await asyncio.to_thread(BatchVad, 1)
-    batcher = VadBatcher(r, VadEngine(VadParams.from_settings(settings), model))
+    batcher = VadBatcher(r, VadEngine(VadParams.from_settings(settings), model),
+                         settings.audio_pacing)
 
     async def open_session(sid: str, acker: Acker) -> SessionHandler:
         return await VadSession.restore(r, sid, acker, batcher,
