@@ -3,8 +3,9 @@
 One vad-worker (real Silero, batching, checkpoints and all) and its own redis-server, nothing
 else of the pipeline: this process plays the gateway. It opens N sessions as the gateway does
 (``gateway.sessions.open_session``) and writes their audio as the gateway's audio ingest does
-(``topology.send_audio``: every 40 ms one entry per partition holding what each session sent
-since the last write, the partitions trimmed by age), each session streaming the load
+(``topology.send_audio``: one entry per partition holding what each session sent since the
+last write, as often as the gateway's pacing says for N sessions, the partitions trimmed by
+age), each session streaming the load
 benchmark's sentence and silence in 30 ms frames on an absolute clock. It reads what the VAD
 writes to the STT stage and times each utterance from the write that carried its last voiced
 frame to its entry there: the VAD's end-of-speech wait (``VAD_SILENCE_MS``) plus everything
@@ -274,7 +275,8 @@ def result_from(rows: list[dict[str, Any]], seconds: float) -> BenchResult:
     result.notes += [
         f"Measured at commit {result.details['git_commit']}. One vad-worker (real Silero) and "
         "its redis-server; this process writes the audio as the gateway's ingest does "
-        "(topology.send_audio every 40 ms, one entry per partition) and reads the STT stage.",
+        "(topology.send_audio at the gateway's pacing, one entry per partition) and reads the "
+        "STT stage.",
         "Latency: the write carrying an utterance's last voiced frame -> its entry read at the "
         f"STT stage (the VAD's end-of-speech wait included); lost without one within "
         f"{LOSS_S:.0f} s. Sessions per core = N / (vad-worker CPU % / 100), psutil over the "

@@ -340,7 +340,7 @@ class AudioIn(Entry):
 # An audio batch entry has one field per session: this prefix and the session id -> its PCM.
 # Per-entry costs (the XADD, the read, the acknowledgement, the decode) are paid once per
 # partition per gateway write instead of once per session: at 500 sessions, 32 entries per
-# 40 ms instead of 500.
+# write instead of 500.
 AUDIO_BATCH_PREFIX = b"@"
 _PCM_FIELD = b"pcm"
 

@@ -55,10 +55,11 @@ class StageSpec:
 
 
 PIPELINE: tuple[StageSpec, ...] = (
-    # An entry holds 40 ms of audio of every session of its partition (one per gateway write),
-    # so entries say nothing about bytes or time: the gateway trims by age (send_audio), and
-    # maxlen only bounds a partition before the gateway knows Redis's clock. 50 entries a read
-    # is 2 s of the partition's audio: enough to catch up, and a bounded read at any load.
+    # An entry holds 40-80 ms of audio of every session of its partition (one per gateway
+    # write, shared/pacing.py), so entries say nothing about bytes or time: the gateway trims
+    # by age (send_audio), and maxlen only bounds a partition before the gateway knows Redis's
+    # clock. 50 entries a read is 2-4 s of the partition's audio: enough to catch up, and a
+    # bounded read at any load.
     StageSpec(Stage.VAD, AudioIn, AudioIn(close=True), ("gateway",), maxlen=5_000,
               read_count=50),
     # Utterances are large (up to VAD_MAX_UTTERANCE_MS of audio): minutes of them per
