@@ -25,6 +25,7 @@ from gateway.outage import OutageNotices
 from gateway.outlet import Outlet
 from gateway.placement import Placement
 from gateway.replies import ReplyReader, stop_task
+from gateway.ws_protocol import AUDIO_SINK, AudioSink
 from shared import keys, topology
 from shared.config import DEFAULT_API_KEY, Settings
 from shared.health import health_routes
@@ -55,7 +56,6 @@ CLOSE_RESUMED_ELSEWHERE = 4001
 # How long a resume waits for the reply reader's first read positions (gateway start-up).
 RESUME_WAIT_S = 5.0
 UNAVAILABLE = "the service is temporarily unavailable; your message was not delivered, retry"
-AUDIO_FRAMES_IN = FRAMES_IN.labels("audio")
 
 
 class Gateway:
@@ -259,7 +259,32 @@ class Gateway:
 
     async def _receive(self, ws: WebSocket, sid: str, outlet: Outlet) -> int | None:
         """Handle the client's frames until it leaves; return its close code (None: closed
-        by the gateway)."""
+        by the gateway). Audio takes the server's short path where it offers one
+        (gateway/ws_protocol.py); what that declines arrives here."""
+        set_sink = ws.scope.get("extensions", {}).get(AUDIO_SINK)
+        if set_sink is not None:
+            set_sink(self._audio_sink(sid))
+        try:
+            return await self._receive_loop(ws, sid, outlet)
+        finally:
+            if set_sink is not None:
+                set_sink(None)
+
+    def _audio_sink(self, sid: str) -> AudioSink:
+        limit, offer = self.settings.MAX_FRAME_BYTES, self.audio.offer
+
+        def sink(data: bytes) -> bool:
+            if len(data) > limit:
+                return False  # closed with 1009 by the receive loop
+            try:
+                check_audio_frame(data)
+            except FrameError:
+                return False  # answered with an error by the receive loop
+            return offer(sid, data)
+
+        return sink
+
+    async def _receive_loop(self, ws: WebSocket, sid: str, outlet: Outlet) -> int | None:
         limit, text_limit = self.settings.MAX_FRAME_BYTES, self.settings.MAX_TEXT_BYTES
         while True:
             try:
@@ -293,7 +318,6 @@ class Gateway:
                     self.notices.ended()
                 elif data is not None:
                     check_audio_frame(data)
-                    AUDIO_FRAMES_IN.inc()
                     await self.audio.put(sid, data)
             except FrameError as err:
                 BAD_FRAMES.labels("invalid").inc()

@@ -22,6 +22,7 @@ import structlog
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 
+from gateway.metrics import AUDIO_FRAMES_IN
 from gateway.outage import OutageNotices
 from shared import topology
 from shared.pacing import Pacing
@@ -51,6 +52,14 @@ class AudioIngest:
     async def put(self, sid: str, pcm: bytes) -> None:
         await self._queue.put((sid, pcm))
 
+    def offer(self, sid: str, pcm: bytes) -> bool:
+        """Queue a frame unless the queue is full (then False: :meth:`put` waits for room)."""
+        try:
+            self._queue.put_nowait((sid, pcm))
+        except asyncio.QueueFull:
+            return False
+        return True
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -59,6 +68,7 @@ class AudioIngest:
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             BATCH_FRAMES.observe(len(batch))
+            AUDIO_FRAMES_IN.inc(len(batch))
             by_session: dict[str, list[bytes]] = {}
             for sid, pcm in batch:
                 by_session.setdefault(sid, []).append(pcm)
