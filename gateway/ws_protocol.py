@@ -3,8 +3,8 @@
 A voice client sends a binary frame every 20-30 ms, and under ASGI each one costs the same
 as any message: uvicorn queues it, pauses the socket, wakes the endpoint's task (which
 resumes through every Starlette middleware around the endpoint), and resumes the socket
-once the queue is empty again. On this machine that was a quarter of what the gateway spends
-receiving a frame (``bench/ws_receive.py``).
+once the queue is empty again. That was about a third of what the gateway spent per frame
+(``python -m bench --only redis``: frames per second a gateway takes at full CPU).
 
 :class:`AudioFastPath` keeps all of that for everything else, and lets the endpoint take a
 binary frame in the protocol's own callback instead, through a *sink* it registers with
