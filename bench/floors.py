@@ -3,7 +3,9 @@ work, the floor under the pipeline benchmark's CPU per session.
 
 - WebSocket receive: N clients send 30 ms PCM frames in real time to a uvicorn + Starlette
   endpoint that only receives them (and sends ~100 ms of audio back per second, as a talking
-  agent would); the server's CPU per session. The gateway pays this and more.
+  agent would); the server's CPU per session. Twice: through ASGI's ``receive()``, and
+  through the gateway's audio short path (gateway/ws_protocol.py), which is what the gateway
+  pays now, and more.
 - Silero: the model alone (vad_worker.batch_vad, one torch thread) on batches of N windows,
   31.25 windows per second per real-time stream; CPU per session. The vad-worker pays this
   and more.
@@ -40,15 +42,34 @@ WINDOWS_PER_S = 16000 / 512
 
 # --- the WebSocket receive floor -------------------------------------------------------------
 
+SHORT_PATH = "audio-short-path"  # --ws value: the gateway's protocol class and a sink
+
+
 def serve(port: int, ws_impl: str = "auto") -> None:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.routing import WebSocketRoute
     from starlette.websockets import WebSocket
 
+    from gateway.ws_protocol import AUDIO_SINK, AudioFastPath
+
+    tasks: set[asyncio.Task[None]] = set()
+
     async def endpoint(ws: WebSocket) -> None:
         await ws.accept()
         frames = 0
+
+        def sink(_pcm: bytes) -> bool:
+            nonlocal frames
+            frames += 1
+            if frames % 33 == 0:
+                task = asyncio.get_running_loop().create_task(ws.send_bytes(REPLY))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            return True
+
+        if ws_impl == SHORT_PATH:
+            ws.scope["extensions"][AUDIO_SINK](sink)
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
@@ -60,7 +81,7 @@ def serve(port: int, ws_impl: str = "auto") -> None:
     app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
     # As the gateway runs it (gateway/main.py).
     uvicorn.run(app, host="127.0.0.1", port=port, ws_per_message_deflate=False,
-                log_level="warning", ws=ws_impl)
+                log_level="warning", ws=AudioFastPath if ws_impl == SHORT_PATH else ws_impl)
 
 
 async def _client(port: int, seconds: float, start: float) -> None:
@@ -223,15 +244,21 @@ def run(quick: bool, sessions: list[int] | None = None, seconds: float | None = 
     rows: list[dict[str, Any]] = []
     for n in sessions:
         ws = ws_floor(n, seconds)
+        short = ws_floor(n, seconds, SHORT_PATH)
         model = silero_floor(n, calls=20 if quick else 200)
         rows.append({"n": n, "ws_pct_per_session": round(ws, 3),
+                     "ws_short_path_pct_per_session": round(short, 3),
                      "silero_pct_per_session": round(model, 3)})
         result.figure(f"ws_receive_pct_per_session_n{n}",
                       f"WebSocket receive floor, {n} sessions", "% core/session").samples.append(ws)
+        result.figure(f"ws_short_path_pct_per_session_n{n}",
+                      f"WebSocket receive, gateway's audio short path, {n} sessions",
+                      "% core/session").samples.append(short)
         result.figure(f"silero_pct_per_session_n{n}",
                       f"Silero model floor, batches of {n}", "% core/session").samples.append(model)
-        print(f"  N={n}: websocket receive {fmt(ws)} % of a core per session, "
-              f"silero {fmt(model)} %", flush=True)
+        print(f"  N={n}: websocket receive {fmt(ws)} % of a core per session "
+              f"({fmt(short)} % through the audio short path), silero {fmt(model)} %",
+              flush=True)
     trip = redis_round_trip(500 if quick else 3000)
     labels = {"project_get": "Redis GET round trip, the project's client",
               "redis_py_get": "Redis GET round trip, redis-py's own client",
@@ -248,7 +275,8 @@ def run(quick: bool, sessions: list[int] | None = None, seconds: float | None = 
                       "redis_round_trip_us": {k: round(v, 1) for k, v in trip.items()}}
     result.notes.append(
         "Floors under bench.pipeline_load's CPU per session on this machine: a uvicorn + "
-        "Starlette endpoint that only receives 30 ms frames (server process CPU), and the "
+        "Starlette endpoint that only receives 30 ms frames (server process CPU; through "
+        "ASGI receive(), and through the gateway's audio short path), and the "
         "Silero network alone on batches of N windows (one torch thread, process CPU time). "
         "Their sum per session times N is what N sessions cost before any Redis, routing, "
         "segmentation, STT, agent or TTS work.")
