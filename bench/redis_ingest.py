@@ -174,9 +174,9 @@ def run(quick: bool) -> BenchResult:
                         f"frames back to back for {duration:.0f} s, never more than "
                         f"{MAX_IN_FLIGHT} frames ahead of what the gateway has taken for Redis "
                         f"(its audio frame counter, polled every {POLL_S * 1000:.0f} ms); "
-                        "per-second samples. Only "
-                        "redis-server and the gateway run: nothing reads the audio streams "
-                        "(the gateway trims them by age, as always). Redis ops/s leaves out the bench's "
-                        "own INFO polls. On 2 cores the clients, gateway and redis-server "
-                        "share the CPU: see cpu_percent_of_one_core below.")
+                        "per-second samples. Only redis-server and the gateway run: nothing "
+                        "reads the audio streams (the gateway trims them by age, as always). "
+                        "Redis ops/s leaves out the bench's own INFO polls. On 2 cores the "
+                        "clients, gateway and redis-server share the CPU: see "
+                        "cpu_percent_of_one_core below.")
     return result
