@@ -1,6 +1,8 @@
 """One gateway write, one VAD batch: Redis wakes a blocked read of many partitions with the
 first one written to, and the rest of the write comes by the next read; the VAD worker takes
 them all into the same model call instead of leaving most sessions an interval behind.
+A wide batch runs in two lanes (vad_worker/batcher.py lanes), and every session's
+utterances still come out whole, once, whichever lane it was in.
 A real vad-worker (Silero) and a real redis-server; the audio is written the way the gateway
 writes it (gateway.sessions.open_session, topology.send_audio)."""
 
@@ -9,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from typing import cast
 
 import httpx
 import pytest
 
 from gateway.sessions import close_session, open_session
-from shared import topology
+from shared import keys, topology
+from shared.keys import Stage
+from shared.messages import SpeechKind, UtteranceIn
 from tests.conftest import flushed_db
 from tests.harness import Proc, RedisServer, free_port, wait_ready
+from tests.speech_fixtures import silence, synthesize_pcm16k
+from vad_worker.batcher import SPLIT_FROM_SESSIONS, lanes, may_end_now
+from vad_worker.state import SessionVadState
 
 DB = 13
 SESSIONS = 40
@@ -24,13 +32,17 @@ WRITES = 5
 WINDOW_BYTES = 1024  # one 32 ms Silero window of s16le
 
 
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert found, f"the VAD does not export {name}"
+    return float(found.group(1))
+
+
 async def batches(client: httpx.AsyncClient, port: int) -> tuple[float, float]:
     """(batches run, sessions in them) from the worker's xrx_vad_batch_sessions histogram."""
     text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-    count = re.search(r"^xrx_vad_batch_sessions_count (\S+)$", text, re.M)
-    total = re.search(r"^xrx_vad_batch_sessions_sum (\S+)$", text, re.M)
-    assert count and total, "the VAD's batch histogram is not exported"
-    return float(count.group(1)), float(total.group(1))
+    return (metric(text, "xrx_vad_batch_sessions_count"),
+            metric(text, "xrx_vad_batch_sessions_sum"))
 
 
 @pytest.mark.voice
@@ -67,3 +79,74 @@ async def test_sessions_of_one_write_share_one_batch(redis_server: RedisServer) 
     # Split, each write would take two batches (its first partition alone, then the rest);
     # one write may straddle a batch on a busy machine.
     assert runs1 - runs0 <= WRITES + 1, (runs1 - runs0, vad.logs())
+
+
+def state(*, triggered: bool = False, silence_start: int = -1,
+          speech_started: bool = False) -> SessionVadState:
+    return SessionVadState(session_id="s", triggered=triggered, silence_start=silence_start,
+                           speech_started=speech_started)
+
+
+def test_sessions_whose_voice_may_end_now() -> None:
+    assert not may_end_now(state())  # silent
+    assert may_end_now(state(triggered=True))  # voice too short to barge in yet
+    assert not may_end_now(state(triggered=True, speech_started=True))  # talking on
+    assert may_end_now(state(triggered=True, speech_started=True, silence_start=100))
+
+
+def test_wide_batches_split_in_two_lanes_urgent_first() -> None:
+    urgent, quiet = state(triggered=True, silence_start=5), state()
+    wide = [quiet] * (SPLIT_FROM_SESSIONS - 2) + [urgent, urgent]
+    assert lanes(wide, lambda s: s) == [[urgent, urgent], [quiet] * (SPLIT_FROM_SESSIONS - 2)]
+    assert lanes(wide[1:], lambda s: s) == [wide[1:]]  # too narrow: one model call
+    assert lanes([quiet] * SPLIT_FROM_SESSIONS, lambda s: s) == [[quiet] * SPLIT_FROM_SESSIONS]
+    assert lanes([urgent] * SPLIT_FROM_SESSIONS, lambda s: s) == [[urgent] * SPLIT_FROM_SESSIONS]
+
+
+@pytest.mark.voice
+async def test_split_batches_keep_every_utterance_whole(redis_server: RedisServer) -> None:
+    """Half the sessions speak a sentence while the other half stay silent, in real-time
+    80 ms writes: batches split (the speakers' voices start, then pause), and every speaker's
+    utterance reaches the STT stage once, whole; no silent session sends one."""
+    sids = [uuid.uuid4().hex for _ in range(SPLIT_FROM_SESSIONS + 40)]
+    speakers = set(sids[::2])
+    speech = synthesize_pcm16k("What is on the menu")
+    clip = silence(300) + speech + silence(1200)
+    step = 2560  # 80 ms
+    port = free_port()
+    vad = Proc("vad-worker", {"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/{DB}",
+                              "HEALTH_PORT": str(port), "WORKER_ID": "lanes-test"})
+    async with flushed_db(redis_server, DB) as r, httpx.AsyncClient() as client:
+        try:
+            vad.start(wait_for_port=port, timeout=120)
+            await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}/readyz", 120)
+            for sid in sids:
+                await open_session(r, sid, "gateway-under-test", 60)
+            for at in range(0, len(clip), step):
+                frames = {sid: (clip[at:at + step] if sid in speakers else silence(80))
+                          for sid in sids}
+                async with r.pipeline(transaction=False) as p:
+                    topology.send_audio(p, frames, None)
+                    await p.execute()
+                await asyncio.sleep(0.08)
+            await asyncio.sleep(1.0)
+            splits = metric((await client.get(f"http://127.0.0.1:{port}/metrics")).text,
+                            "xrx_vad_split_batches_total")
+            utterances: dict[str, list[UtteranceIn]] = {}
+            for n in range(topology.partitions()):
+                stream = keys.stage_partition(Stage.STT_BRIDGE, n)
+                for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]],
+                                      await r.xrange(stream)):
+                    entry = UtteranceIn.decode(fields)
+                    if entry.kind == SpeechKind.UTTERANCE:
+                        utterances.setdefault(entry.session_id, []).append(entry)
+        finally:
+            for sid in sids:
+                await close_session(r, sid)
+            vad.terminate()
+    assert splits > 0, vad.logs()
+    assert set(utterances) == speakers, vad.logs()
+    for sid, found in utterances.items():
+        assert len(found) == 1, (sid, len(found))
+        # The whole sentence (the VAD adds pre-roll and a tail, and trims nothing voiced).
+        assert len(found[0].pcm) >= len(speech) * 0.9, (sid, len(found[0].pcm), len(speech))

@@ -1,13 +1,16 @@
 """One model call for every session with audio waiting: cross-session batching, and one Redis
-round trip for everything the batch publishes."""
+round trip for everything the batch publishes. A wide batch runs in two lanes, the sessions
+whose voice may end or barge in now first (see :func:`lanes`)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import structlog
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
 from shared.pacing import Pacing
@@ -15,6 +18,7 @@ from shared.redis_io import TRANSIENT
 from vad_worker.engine import VadEngine
 from vad_worker.events import VadEvent
 from vad_worker.session import VadSession
+from vad_worker.state import SessionVadState
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +33,15 @@ GATHER_S = 0.003
 # it, so batches follow the writes at once instead of drifting behind them.
 CADENCE = 0.75
 BATCH_SECONDS = Histogram("xrx_vad_batch_seconds", "Time of one VAD batch (model included)")
+# From this many sessions a batch runs in two lanes (see lanes): a model call costs about a
+# millisecond however narrow, against tens of milliseconds for a few hundred sessions.
+SPLIT_FROM_SESSIONS = 200
+SPLIT_BATCHES = Counter("xrx_vad_split_batches_total",
+                        "Batches run in two lanes (sessions whose voice may end first)")
+
+W = TypeVar("W")
+# A session in a batch: its handler, the entries it covers, their audio.
+Work = tuple[VadSession, list[bytes], bytes]
 
 
 class VadBatcher:
@@ -88,35 +101,64 @@ class VadBatcher:
             await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
     async def _one_batch(self) -> None:
-        loop = asyncio.get_running_loop()
         batch, self._ready = list(self._ready.values()), {}
         work = [(s, *s.take_pending()) for s in batch if not (s.closed or s.leaving)]
         self._current = {s.sid for s, _, _ in work}
-        frames = [(s.state, pcm) for s, _, pcm in work if pcm]
-        if not frames:
+        sessions = sum(1 for _, _, pcm in work if pcm)
+        if not sessions:
             return
-        self._sessions = len(frames)
-        BATCH_SESSIONS.observe(len(frames))
+        self._sessions = sessions
+        BATCH_SESSIONS.observe(sessions)
         with BATCH_SECONDS.time():
+            split = lanes(work, lambda item: item[0].state)
+            if len(split) > 1:
+                SPLIT_BATCHES.inc()
+            for lane in split:
+                await self._run_lane(lane)
+
+    async def _run_lane(self, work: list[Work]) -> None:
+        loop = asyncio.get_running_loop()
+        frames = [(s.state, pcm) for s, _, pcm in work if pcm]
+        events: list[VadEvent] = []
+        if frames:
             try:
                 events = await loop.run_in_executor(self._pool, self.engine.process, frames)
             except Exception:
                 log.exception("vad inference failed; batch skipped")
                 return
-            by_session: dict[str, list[VadEvent]] = {}
-            for event in events:
-                by_session.setdefault(event.session_id, []).append(event)
-            acks: list[tuple[VadSession, list[bytes]]] = []
-            try:
-                async with self.r.pipeline(transaction=False) as p:
-                    for session, ids, pcm in work:
-                        found = by_session.get(session.sid, [])
-                        acks.append((session, session.publish(p, found, ids, pcm)))
-                    await p.execute()
-            except TRANSIENT as err:
-                # Unacknowledged, the audio is handled again by whoever holds the session
-                # next; this replica's state is ahead of Redis, so it lets go of nothing.
-                log.warning("redis unavailable, vad results not published", error=str(err))
-                return
-            for session, ids in acks:
-                session.acker.ack(*ids)
+        by_session: dict[str, list[VadEvent]] = {}
+        for event in events:
+            by_session.setdefault(event.session_id, []).append(event)
+        acks: list[tuple[VadSession, list[bytes]]] = []
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                for session, ids, pcm in work:
+                    found = by_session.get(session.sid, [])
+                    acks.append((session, session.publish(p, found, ids, pcm)))
+                await p.execute()
+        except TRANSIENT as err:
+            # Unacknowledged, the audio is handled again by whoever holds the session
+            # next; this replica's state is ahead of Redis, so it lets go of nothing.
+            log.warning("redis unavailable, vad results not published", error=str(err))
+            return
+        for session, ids in acks:
+            session.acker.ack(*ids)
+
+
+def may_end_now(state: SessionVadState) -> bool:
+    """Whether a batch may end the session's utterance or start its barge-in: its voice has
+    paused (the silence that ends it is under way), or has not yet lasted long enough to
+    barge in. Only these events wait on the way to a reply."""
+    return state.triggered and (state.silence_start >= 0 or not state.speech_started)
+
+
+def lanes(work: list[W], state_of: Callable[[W], SessionVadState]) -> list[list[W]]:
+    """A wide batch in two model calls, the sessions whose events someone waits for first:
+    their results are published while the rest are still in the model. One call per batch
+    costs least, so a narrow batch, or one with no such session, stays whole."""
+    if len(work) < SPLIT_FROM_SESSIONS:
+        return [work]
+    first = [w for w in work if may_end_now(state_of(w))]
+    if not first or len(first) == len(work):
+        return [work]
+    return [first, [w for w in work if not may_end_now(state_of(w))]]
