@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import cast
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from gateway.sessions import close_session, open_session
 from shared import keys, topology
@@ -45,36 +48,45 @@ async def batches(client: httpx.AsyncClient, port: int) -> tuple[float, float]:
             metric(text, "xrx_vad_batch_sessions_sum"))
 
 
-@pytest.mark.voice
-async def test_sessions_of_one_write_share_one_batch(redis_server: RedisServer) -> None:
-    sids = [uuid.uuid4().hex for _ in range(SESSIONS)]
-    assert len({topology.partition_of(s) for s in sids}) >= 8  # a write spans many streams
+@asynccontextmanager
+async def vad_worker(redis_server: RedisServer, sids: list[str],
+                     name: str) -> AsyncIterator[tuple[Redis, httpx.AsyncClient, int, Proc]]:
+    """A real vad-worker with ``sids`` open as the gateway opens sessions: (its Redis client,
+    an HTTP client, its health port, the process); the sessions are closed afterwards."""
     port = free_port()
     vad = Proc("vad-worker", {"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/{DB}",
-                              "HEALTH_PORT": str(port), "WORKER_ID": "batching-test"})
+                              "HEALTH_PORT": str(port), "WORKER_ID": name})
     async with flushed_db(redis_server, DB) as r, httpx.AsyncClient() as client:
         try:
             vad.start(wait_for_port=port, timeout=120)
             await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}/readyz", 120)
             for sid in sids:
                 await open_session(r, sid, "gateway-under-test", 60)
-            silence = bytes(2 * WINDOW_BYTES)
-            # The first write opens every session in the worker; only then is it steady.
-            async with r.pipeline(transaction=False) as p:
-                topology.send_audio(p, dict.fromkeys(sids, silence), None)
-                await p.execute()
-            await asyncio.sleep(1.0)
-            runs0, seen0 = await batches(client, port)
-            for _ in range(WRITES):
-                async with r.pipeline(transaction=False) as p:
-                    topology.send_audio(p, dict.fromkeys(sids, silence), None)
-                    await p.execute()
-                await asyncio.sleep(0.3)
-            runs1, seen1 = await batches(client, port)
+            yield r, client, port, vad
         finally:
             for sid in sids:
                 await close_session(r, sid)
             vad.terminate()
+
+
+@pytest.mark.voice
+async def test_sessions_of_one_write_share_one_batch(redis_server: RedisServer) -> None:
+    sids = [uuid.uuid4().hex for _ in range(SESSIONS)]
+    assert len({topology.partition_of(s) for s in sids}) >= 8  # a write spans many streams
+    async with vad_worker(redis_server, sids, "batching-test") as (r, client, port, vad):
+        quiet = bytes(2 * WINDOW_BYTES)
+        # The first write opens every session in the worker; only then is it steady.
+        async with r.pipeline(transaction=False) as p:
+            topology.send_audio(p, dict.fromkeys(sids, quiet), None)
+            await p.execute()
+        await asyncio.sleep(1.0)
+        runs0, seen0 = await batches(client, port)
+        for _ in range(WRITES):
+            async with r.pipeline(transaction=False) as p:
+                topology.send_audio(p, dict.fromkeys(sids, quiet), None)
+                await p.execute()
+            await asyncio.sleep(0.3)
+        runs1, seen1 = await batches(client, port)
     assert seen1 - seen0 == SESSIONS * WRITES, vad.logs()
     # Split, each write would take two batches (its first partition alone, then the rest);
     # one write may straddle a batch on a busy machine.
@@ -113,37 +125,25 @@ async def test_split_batches_keep_every_utterance_whole(redis_server: RedisServe
     speech = synthesize_pcm16k("What is on the menu")
     clip = silence(300) + speech + silence(1200)
     step = 2560  # 80 ms
-    port = free_port()
-    vad = Proc("vad-worker", {"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/{DB}",
-                              "HEALTH_PORT": str(port), "WORKER_ID": "lanes-test"})
-    async with flushed_db(redis_server, DB) as r, httpx.AsyncClient() as client:
-        try:
-            vad.start(wait_for_port=port, timeout=120)
-            await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}/readyz", 120)
-            for sid in sids:
-                await open_session(r, sid, "gateway-under-test", 60)
-            for at in range(0, len(clip), step):
-                frames = {sid: (clip[at:at + step] if sid in speakers else silence(80))
-                          for sid in sids}
-                async with r.pipeline(transaction=False) as p:
-                    topology.send_audio(p, frames, None)
-                    await p.execute()
-                await asyncio.sleep(0.08)
-            await asyncio.sleep(1.0)
-            splits = metric((await client.get(f"http://127.0.0.1:{port}/metrics")).text,
-                            "xrx_vad_split_batches_total")
-            utterances: dict[str, list[UtteranceIn]] = {}
-            for n in range(topology.partitions()):
-                stream = keys.stage_partition(Stage.STT_BRIDGE, n)
-                for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]],
-                                      await r.xrange(stream)):
-                    entry = UtteranceIn.decode(fields)
-                    if entry.kind == SpeechKind.UTTERANCE:
-                        utterances.setdefault(entry.session_id, []).append(entry)
-        finally:
-            for sid in sids:
-                await close_session(r, sid)
-            vad.terminate()
+    async with vad_worker(redis_server, sids, "lanes-test") as (r, client, port, vad):
+        for at in range(0, len(clip), step):
+            frames = {sid: (clip[at:at + step] if sid in speakers else silence(80))
+                      for sid in sids}
+            async with r.pipeline(transaction=False) as p:
+                topology.send_audio(p, frames, None)
+                await p.execute()
+            await asyncio.sleep(0.08)
+        await asyncio.sleep(1.0)
+        splits = metric((await client.get(f"http://127.0.0.1:{port}/metrics")).text,
+                        "xrx_vad_split_batches_total")
+        utterances: dict[str, list[UtteranceIn]] = {}
+        for n in range(topology.partitions()):
+            stream = keys.stage_partition(Stage.STT_BRIDGE, n)
+            for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]],
+                                  await r.xrange(stream)):
+                entry = UtteranceIn.decode(fields)
+                if entry.kind == SpeechKind.UTTERANCE:
+                    utterances.setdefault(entry.session_id, []).append(entry)
     assert splits > 0, vad.logs()
     assert set(utterances) == speakers, vad.logs()
     for sid, found in utterances.items():
