@@ -158,7 +158,8 @@ def lanes(work: list[W], state_of: Callable[[W], SessionVadState]) -> list[list[
     costs least, so a narrow batch, or one with no such session, stays whole."""
     if len(work) < SPLIT_FROM_SESSIONS:
         return [work]
-    first = [w for w in work if may_end_now(state_of(w))]
-    if not first or len(first) == len(work):
-        return [work]
-    return [first, [w for w in work if not may_end_now(state_of(w))]]
+    first: list[W] = []
+    rest: list[W] = []
+    for w in work:
+        (first if may_end_now(state_of(w)) else rest).append(w)
+    return [first, rest] if first and rest else [work]
