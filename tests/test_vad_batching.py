@@ -49,7 +49,7 @@ async def batches(client: httpx.AsyncClient, port: int) -> tuple[float, float]:
 
 
 @asynccontextmanager
-async def vad_worker(redis_server: RedisServer, sids: list[str],
+async def running_vad(redis_server: RedisServer, sids: list[str],
                      name: str) -> AsyncIterator[tuple[Redis, httpx.AsyncClient, int, Proc]]:
     """A real vad-worker with ``sids`` open as the gateway opens sessions: (its Redis client,
     an HTTP client, its health port, the process); the sessions are closed afterwards."""
@@ -73,7 +73,7 @@ async def vad_worker(redis_server: RedisServer, sids: list[str],
 async def test_sessions_of_one_write_share_one_batch(redis_server: RedisServer) -> None:
     sids = [uuid.uuid4().hex for _ in range(SESSIONS)]
     assert len({topology.partition_of(s) for s in sids}) >= 8  # a write spans many streams
-    async with vad_worker(redis_server, sids, "batching-test") as (r, client, port, vad):
+    async with running_vad(redis_server, sids, "batching-test") as (r, client, port, vad):
         quiet = bytes(2 * WINDOW_BYTES)
         # The first write opens every session in the worker; only then is it steady.
         async with r.pipeline(transaction=False) as p:
@@ -125,7 +125,7 @@ async def test_split_batches_keep_every_utterance_whole(redis_server: RedisServe
     speech = synthesize_pcm16k("What is on the menu")
     clip = silence(300) + speech + silence(1200)
     step = 2560  # 80 ms
-    async with vad_worker(redis_server, sids, "lanes-test") as (r, client, port, vad):
+    async with running_vad(redis_server, sids, "lanes-test") as (r, client, port, vad):
         for at in range(0, len(clip), step):
             frames = {sid: (clip[at:at + step] if sid in speakers else silence(80))
                       for sid in sids}
