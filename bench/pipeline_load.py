@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 
 from bench import pipeline_fakes, report
 from bench.common import BenchResult, fmt
+from shared.latency import STEP_EVENT, Step
 from tests.harness import ROOT, Proc, RedisServer, free_port, wait_port, wait_ready
 
 NAME = "pipeline"
@@ -323,9 +324,38 @@ def turn_stats(outs: list[dict[str, Any]], warmup_s: float,
             "max_ms": max(lat) if lat else math.nan}
 
 
+def log_sizes(system: Pipeline) -> dict[str, int]:
+    """Where each process's log ends now: a level reads its own lines from there."""
+    return {name: proc.log_path.stat().st_size if proc.log_path.exists() else 0
+            for name, proc in system.procs.items()}
+
+
+def step_stats(system: Pipeline, since: dict[str, int]) -> dict[str, dict[str, float]]:
+    """p50/p99 of each step of the spoken turns (shared/latency.py) the stages logged since
+    ``since``: where the time to the first audio goes, stage by stage."""
+    samples: dict[str, list[float]] = {}
+    for name, proc in system.procs.items():
+        if not proc.log_path.exists():
+            continue
+        with proc.log_path.open("rb") as f:
+            f.seek(since.get(name, 0))
+            for line in f:
+                if STEP_EVENT.encode() not in line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                samples.setdefault(rec["step"], []).append(float(rec["since_voice_end_ms"]))
+    return {step.value: {"p50_ms": pct(samples[step.value], 50),
+                         "p99_ms": pct(samples[step.value], 99)}
+            for step in Step if samples.get(step.value)}
+
+
 async def run_level(system: Pipeline, cycle: Cycle, pcm_path: Path, n: int, seconds: float,
                     warmup_s: float, tmp: Path) -> dict[str, Any]:
     n_drivers = max(1, math.ceil(n / SESSIONS_PER_DRIVER))
+    logs_from = log_sizes(system)
     r = aioredis.from_url(system.redis.url)
     drivers = start_drivers(system.gateway_port, cycle, pcm_path, n, seconds, n_drivers, tmp)
     try:
@@ -371,6 +401,7 @@ async def run_level(system: Pipeline, cycle: Cycle, pcm_path: Path, n: int, seco
         "redis_ops_per_s": round(w["ops"]),
         "redis_instantaneous_ops_max": max(sampler.inst_ops, default=math.nan),
         "redis_top_commands": w["top_commands"],
+        "steps": step_stats(system, logs_from),
     }
 
 
@@ -570,6 +601,15 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             f"{fmt(r['vad_sessions_per_core'])} | {fmt(r['redis_ops_per_s'])} | "
             f"{fmt(r['redis_used_memory_mb'])} | {fmt(r['driver_cpu_pct'])} | "
             f"{fmt(r['other_processes_cpu_pct'])} |")
+    steps = [step.value for step in Step if any(step.value in r.get("steps", {}) for r in rows)]
+    if steps:
+        lines += ["", "Server side, p50 / p99 ms from the end of the voice (as the VAD dates it) "
+                  "to each step (shared/latency.py):", "",
+                  "| N | " + " | ".join(steps) + " |", "|---:|" + "---:|" * len(steps)]
+        for r in rows:
+            cells = [f"{fmt(r['steps'][st]['p50_ms'])} / {fmt(r['steps'][st]['p99_ms'])}"
+                     if st in r.get("steps", {}) else "-" for st in steps]
+            lines.append(f"| {r['n']} | " + " | ".join(cells) + " |")
     lines += ["", "Per process at each N: CPU % of one core over the steady window / peak RSS MB",
               "", "| N | " + " | ".join(_proc_names(rows)) + " |",
               "|---:|" + "---:|" * len(_proc_names(rows))]

@@ -26,9 +26,10 @@ LEAD_MS, TAIL_MS = 300, 1000
 SPEECH_LEVEL = 328  # |sample| above -40 dBFS counts as speech when trimming piper's edges
 TURN_TIMEOUT_S = 60.0
 # The per-turn latency breakdown the stages log (shared/latency.py), in pipeline order.
-BREAKDOWN_LOGS = ("stt-bridge", "agent-bridge", "tts-bridge")
+BREAKDOWN_LOGS = ("vad-worker", "stt-bridge", "agent-bridge", "tts-bridge")
 SPECULATION_METRIC = "xrx_stt_speculations_total"
-STEPS = ((Step.TRANSCRIPT, "transcript published"),
+STEPS = ((Step.UTTERANCE, "utterance published (VAD)"),
+         (Step.TRANSCRIPT, "transcript published"),
          (Step.AGENT_FIRST_OUTPUT, "agent's first output"),
          (Step.TTS_FIRST_AUDIO, "first audio chunk published"))
 

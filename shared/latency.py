@@ -16,6 +16,7 @@ log = structlog.get_logger(__name__)
 
 
 class Step(StrEnum):
+    UTTERANCE = "utterance"  # the VAD publishes the utterance (the end of the voice is known)
     TRANSCRIPT = "transcript"  # the STT bridge publishes the transcript
     AGENT_FIRST_OUTPUT = "agent_first_output"  # the agent bridge gets the agent's first output
     TTS_FIRST_AUDIO = "tts_first_audio"  # the TTS bridge publishes the first audio chunk

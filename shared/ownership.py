@@ -59,6 +59,53 @@ class SessionHandler(Protocol):
     async def close(self, *, handing_over: bool) -> None: ...
 
 
+class Reads:
+    """The replica's partition reads, counted, for a handler that gathers what one client
+    write brought before acting on it (the VAD batcher).
+
+    Redis answers a blocked read of many streams with the first one written to; the rest of
+    the same write comes with the next read. A handler that asks for it (:meth:`follow_up`,
+    while its entry is dispatched) makes that next read one that does not block, and can wait
+    for it to be dispatched (:meth:`finished_after`): then it has everything Redis held.
+    """
+
+    def __init__(self) -> None:
+        self.started = 0  # reads begun; the one whose entries are being dispatched is this
+        self.finished = 0  # reads dispatched
+        self._follow_up = False
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+
+    def follow_up(self) -> int:
+        """The next read does not block; returns the number of the read in hand."""
+        self._follow_up = True
+        return self.started
+
+    def finished_after(self, n: int) -> asyncio.Future[None]:
+        """Done once the read after read ``n`` has been dispatched."""
+        fut = asyncio.get_running_loop().create_future()
+        if self.finished > n:
+            fut.set_result(None)
+        else:
+            self._waiting.append((n + 1, fut))
+        return fut
+
+    def begin(self) -> bool:
+        """A read starts; returns whether it must not block."""
+        self.started += 1
+        follow_up, self._follow_up = self._follow_up, False
+        return follow_up
+
+    def end(self) -> None:
+        self.finished = self.started
+        if self._waiting:
+            waiting, self._waiting = self._waiting, []
+            for n, fut in waiting:
+                if n > self.finished:
+                    self._waiting.append((n, fut))
+                elif not fut.done():
+                    fut.set_result(None)
+
+
 class Acker:
     """Acknowledges a session's input entries once their effects are published. They are
     sent with the replica's next read (at most one read's block later). An entry several
@@ -74,6 +121,10 @@ class Acker:
     def lease(self) -> Lease:
         return self._partition.lease
 
+    @property
+    def reads(self) -> Reads:
+        return self._partition.reads
+
 
 HandlerFactory = Callable[[str, Acker], Awaitable[SessionHandler]]
 # What XREADGROUP returns: per stream, its entries (fields None when trimmed while pending).
@@ -81,8 +132,9 @@ ReadBatch = list[tuple[bytes, list[tuple[bytes, Fields | None]]]]
 
 
 class Partition:
-    def __init__(self, stage: Stage, lease: Lease) -> None:
+    def __init__(self, stage: Stage, lease: Lease, reads: Reads | None = None) -> None:
         self.n, self.epoch, self.lease = lease.n, lease.epoch, lease
+        self.reads = reads or Reads()  # the holder's reads, every partition's the same
         self.stream = keys.stage_partition(stage, lease.n)
         self.sessions: dict[str, SessionHandler] = {}
         self.to_ack: list[bytes] = []
@@ -152,6 +204,7 @@ class StageWorker:
         self._reading: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reading.set_result(None)
         self._sweeps: set[asyncio.Task[None]] = set()
+        self.reads = Reads()
 
     @property
     def session_count(self) -> int:
@@ -206,10 +259,11 @@ class StageWorker:
         try:
             if self._reread:
                 await self._read_delivered_unseen(parts)
+            block = None if self.reads.begin() else self.block_ms
             async with self.reader.pipeline(transaction=False) as p:
                 acked = self._queue_acks(p, parts)
                 p.xreadgroup(self.group, self.consumer, {part.stream: ">" for part in parts},
-                             count=self.read_count, block=self.block_ms)
+                             count=self.read_count, block=block)
                 try:
                     *_, batch = await p.execute()
                 except BaseException:
@@ -221,7 +275,10 @@ class StageWorker:
                     raise
         finally:
             self._reading.set_result(None)
-        await self._dispatch_batch(batch)
+        try:
+            await self._dispatch_batch(batch)
+        finally:
+            self.reads.end()
 
     async def _read_delivered_unseen(self, parts: list[Partition]) -> None:
         """Dispatch the entries a failed read delivered: this replica's pending entries past
@@ -431,7 +488,7 @@ class StageWorker:
         epoch = await self.leases.acquire(n)
         if not epoch:
             return  # another replica was quicker
-        part = Partition(self.stage, Lease(n, epoch, self.lease_ms, asked))
+        part = Partition(self.stage, Lease(n, epoch, self.lease_ms, asked), self.reads)
         self.keeper.hold(part.lease)
         await ensure_group(self.r, part.stream, self.group)
         PARTITION_MOVES.labels(self.stage.value, "taken").inc()

@@ -19,7 +19,7 @@ from shared.messages import (
     entry_parts,
     session_of,
 )
-from shared.ownership import Acker, Partition
+from shared.ownership import Acker, Partition, Reads
 from shared.pacing import LIGHT_SESSIONS, LOADED_SESSIONS, Pacing
 from vad_worker.state import SessionVadState
 
@@ -150,3 +150,23 @@ def test_audio_moves_every_light_interval_for_few_sessions_and_the_loaded_one_un
     steps = [pacing.interval_s(n) for n in range(LIGHT_SESSIONS, LOADED_SESSIONS + 1)]
     assert steps == sorted(steps)
     assert Pacing.from_ms(40, 40).interval_s(5000) == 0.04  # one cadence whatever the load
+
+
+async def test_reads_a_gatherer_asked_for_follow_without_blocking_and_are_awaitable() -> None:
+    reads = Reads()
+    assert not reads.begin()  # nobody asked: the read blocks
+    in_hand = reads.follow_up()  # a handler of read 1's entries wants the rest of the write
+    after = reads.finished_after(in_hand)
+    reads.end()
+    assert in_hand == 1 and not after.done()  # read 1 is the one in hand, not the one after
+    assert reads.begin()  # read 2 does not block
+    reads.end()
+    assert after.done()
+    assert not reads.begin()  # nobody asked again: read 3 blocks
+    assert reads.finished_after(1).done()  # read 2 is in already
+    pending = reads.finished_after(3)
+    reads.end()
+    assert not pending.done()
+    reads.begin()
+    reads.end()
+    assert pending.done()

@@ -13,7 +13,8 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import cast
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -23,10 +24,13 @@ from gateway.sessions import close_session, open_session
 from shared import keys, topology
 from shared.keys import Stage
 from shared.messages import SpeechKind, UtteranceIn
+from shared.ownership import Reads
+from shared.pacing import Pacing
 from tests.conftest import flushed_db
 from tests.harness import Proc, RedisServer, free_port, wait_ready
 from tests.speech_fixtures import silence, synthesize_pcm16k
-from vad_worker.batcher import SPLIT_FROM_SESSIONS, lanes, may_end_now
+from vad_worker.batcher import SPLIT_FROM_SESSIONS, VadBatcher, lanes, may_end_now
+from vad_worker.events import VadEvent
 from vad_worker.state import SessionVadState
 
 DB = 13
@@ -91,6 +95,63 @@ async def test_sessions_of_one_write_share_one_batch(redis_server: RedisServer) 
     # Split, each write would take two batches (its first partition alone, then the rest);
     # one write may straddle a batch on a busy machine.
     assert runs1 - runs0 <= WRITES + 1, (runs1 - runs0, vad.logs())
+
+
+class _Engine:
+    """The batcher's view of the VAD engine: records who each model call served."""
+
+    def __init__(self) -> None:
+        self.model = SimpleNamespace(bind_thread=lambda: None)
+        self.calls: list[list[str]] = []
+
+    def process(self, frames: list[tuple[SessionVadState, bytes]]) -> list[VadEvent]:
+        self.calls.append([st.session_id for st, _ in frames])
+        return []
+
+
+class _Session:
+    """The batcher's view of a VAD session: audio waiting, nothing to publish."""
+
+    def __init__(self, sid: str, reads: Reads) -> None:
+        self.sid, self.state = sid, SessionVadState(session_id=sid)
+        self.acker = SimpleNamespace(reads=reads, ack=lambda *ids: None)
+        self.closed = self.leaving = False
+
+    def take_pending(self) -> tuple[list[bytes], bytes]:
+        return [b"1-0"], bytes(WINDOW_BYTES)
+
+    def publish(self, *_: object) -> list[bytes]:
+        return []
+
+
+async def test_a_batch_waits_for_the_read_that_brings_the_rest_of_the_write(
+        redis_server: RedisServer) -> None:
+    """The read that wakes the worker brings one partition of a gateway write; the rest comes
+    with the next read, however long that takes on a busy worker: the batch waits for it,
+    and for no read after one that brings nothing."""
+    reads, engine = Reads(), _Engine()
+    async with flushed_db(redis_server, DB) as r:
+        batcher = VadBatcher(r, cast(Any, engine), Pacing.from_ms(40, 80))
+        try:
+            first, rest = _Session("first", reads), _Session("rest", reads)
+            assert not reads.begin()
+            batcher.submit(cast(Any, first))
+            reads.end()
+            assert reads.begin()  # the batcher asked: this read does not block
+            await asyncio.sleep(0.012)  # a busy worker: the reply takes a while
+            batcher.submit(cast(Any, rest))
+            reads.end()
+            assert reads.begin()  # it brought audio: the next one does not block either
+            await asyncio.sleep(0.002)
+            assert engine.calls == []
+            reads.end()  # nothing more
+            for _ in range(100):
+                if engine.calls:
+                    break
+                await asyncio.sleep(0.005)
+            assert engine.calls == [["first", "rest"]]
+        finally:
+            await batcher.aclose()
 
 
 def state(*, triggered: bool = False, silence_start: int = -1,

@@ -13,6 +13,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 
+from shared.ownership import Reads
 from shared.pacing import Pacing
 from shared.redis_io import TRANSIENT
 from vad_worker.engine import VadEngine
@@ -26,9 +27,10 @@ BATCH_SESSIONS = Histogram("xrx_vad_batch_sessions", "Sessions per VAD batch",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
 # Redis answers a blocked read of many streams with the first one written to: of a gateway
 # write (one pipeline, an entry per partition), the read that wakes this worker brings one
-# partition, the next read a moment later the rest. A batch begun at once would leave most
-# sessions of the write for the next batch, an interval later.
-GATHER_S = 0.003
+# partition, the next read the rest. A batch begun at once would leave most sessions of the
+# write for the next batch, an interval later; so a batch starts once the read after the
+# last one that brought audio is in (shared/ownership.py Reads), or after this long.
+GATHER_MAX_S = 0.02
 # A batch may start this share of the gateway's interval after the last one: a little under
 # it, so batches follow the writes at once instead of drifting behind them.
 CADENCE = 0.75
@@ -53,6 +55,8 @@ class VadBatcher:
         self._sessions = 0  # in the last batch
         self._ready: dict[str, VadSession] = {}
         self._wake = asyncio.Event()
+        self._reads: Reads | None = None  # the worker's, known from the first session
+        self._last_read = 0  # the newest read that brought audio
         # The sessions of the batch being processed, and its end: a session handed over
         # waits for the batch it is in (and only that one) before its state is saved.
         self._current: set[str] = set()
@@ -65,6 +69,8 @@ class VadBatcher:
 
     def submit(self, session: VadSession) -> None:
         self._ready[session.sid] = session
+        self._reads = session.acker.reads
+        self._last_read = self._reads.follow_up()
         self._wake.set()
 
     async def settled(self, session: VadSession) -> None:
@@ -86,7 +92,7 @@ class VadBatcher:
         while True:
             await self._wake.wait()
             started = loop.time()
-            await asyncio.sleep(GATHER_S)
+            await self._gather()
             self._wake.clear()
             try:
                 await self._one_batch()
@@ -99,6 +105,23 @@ class VadBatcher:
             # times as many streams per core as batches of one).
             interval = CADENCE * self.pacing.interval_s(self._sessions)
             await asyncio.sleep(max(0.0, started + interval - loop.time()))
+
+    async def _gather(self) -> None:
+        """Until the rest of the write that woke this batch is in too."""
+        if self._reads is None:
+            return
+        deadline = asyncio.get_running_loop().time() + GATHER_MAX_S
+        while True:
+            last = self._last_read
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._reads.finished_after(last), left)
+            except TimeoutError:
+                return
+            if self._last_read == last:
+                return  # the read after the last one with audio brought none: all is in
 
     async def _one_batch(self) -> None:
         batch, self._ready = list(self._ready.values()), {}

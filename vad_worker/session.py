@@ -16,8 +16,9 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared import keys, topology
+from shared import keys, latency, topology
 from shared.keys import Stage
+from shared.latency import Step
 from shared.messages import (
     AgentInput,
     AudioIn,
@@ -198,11 +199,12 @@ class VadSession:
                 # One entry says both that the voice stopped and what was said: the STT
                 # stage must never see the one without the other.
                 self._speaking = False
+                voice_end_ms = self._wall(event.voice_end_ms)
                 topology.send(p, Stage.STT_BRIDGE, UtteranceIn(
                     session_id=self.sid, kind=SpeechKind.UTTERANCE, pcm=event.pcm,
-                    start_ms=event.start_ms, end_ms=event.end_ms,
-                    voice_end_ms=self._wall(event.voice_end_ms),
+                    start_ms=event.start_ms, end_ms=event.end_ms, voice_end_ms=voice_end_ms,
                     voice_start_ms=self._wall(event.voice_start_ms)))
+                latency.observe(Step.UTTERANCE, voice_end_ms, session_id=self.sid, turn=0)
         self._report_speaking(p, speaking=self.state.triggered)
         if (voice_ms := self.barge_in_voice(events)) is not None:
             # Whether this interrupts anything is for the stages doing the work to say
