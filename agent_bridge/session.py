@@ -13,12 +13,11 @@ from agent_bridge.agent_client import AgentClient
 from agent_bridge.turn import REDO_WINDOW_S, Turn
 from shared.barge_in import interrupt
 from shared.config import Settings
-from shared.history import HistoryKind, history_kept, queue_append_history
 from shared.messages import AgentInput, InputKind
 from shared.ownership import Acker
 from shared.redis_io import TRANSIENT, Backoff
 from shared.stage_session import QueuedSession
-from shared.turns import fence_value, is_fenced, queue_fence_of
+from shared.turns import is_fenced
 
 log = structlog.get_logger(__name__)
 
@@ -78,22 +77,15 @@ class AgentSession(QueuedSession[AgentInput]):
     async def _process(self, entry: AgentInput) -> None:
         if entry.kind == InputKind.CANCEL:
             return
-        # One round trip: the user's words join the history (whether or not their turn
-        # runs), then the fence is read.
-        async with self.r.pipeline(transaction=False) as p:
-            if entry.kind in USER_INPUTS:
-                queue_append_history(p, self.sid, HistoryKind.USER, entry.turn,
-                                     {"role": "user", "content": entry.content},
-                                     keep=history_kept(self.settings.MAX_AGENT_MESSAGES))
-            queue_fence_of(p, self.sid)
-            *_, raw_fence = await p.execute()
-        if is_fenced(entry.turn, fence_value(raw_fence)):
-            log.info("input superseded before its turn started", turn=entry.turn)
-            return
-        log.info("turn started", turn=entry.turn, kind=entry.kind.value)
-        self._running = entry.turn
+        self._running = entry.turn  # voice from now on may cut it (shared/barge_in.py)
         try:
-            await Turn(self.r, self.settings, self.agent, self.sid, entry).run()
+            turn = await Turn.start(self.r, self.settings, self.agent, self.sid, entry,
+                                    user_said=entry.kind in USER_INPUTS)
+            if turn is None:
+                log.info("input superseded before its turn started", turn=entry.turn)
+                return
+            log.info("turn started", turn=entry.turn, kind=entry.kind.value)
+            await turn.run()
         finally:
             self._running = 0
 

@@ -36,7 +36,7 @@ from shared.messages import (
 )
 from shared.protocols import REPLY_NODES, AgentField, AgentNode
 from shared.redis_io import TRANSIENT, Backoff
-from shared.turns import mark_turn_started
+from shared.turns import TURN_FENCED, mark_turn_started
 
 log = structlog.get_logger(__name__)
 
@@ -49,9 +49,12 @@ REDO_WINDOW_S = 15.0
 
 class Turn:
     def __init__(self, r: Redis, settings: Settings, agent: AgentClient, sid: str,
-                 entry: AgentInput) -> None:
+                 entry: AgentInput, started_ms: int, history: list[dict[str, Any]],
+                 session: dict[str, Any]) -> None:
         self.r, self.settings, self.agent, self.sid, self.entry = r, settings, agent, sid, entry
+        self.history, self.session = history, session
         self.out = Outbox(r, sid, entry.turn, entry.modality, entry.voice_end_ms)
+        self.out.started_ms = started_ms
         self.task_id = ""
         self._produced = asyncio.Event()
         # Written when the turn closes, in the same round trip: the agent's latest session
@@ -60,22 +63,38 @@ class Turn:
         self._agent_session: dict[str, Any] | None = None
         self._reply_history: list[dict[str, Any]] = []
 
+    @classmethod
+    async def start(cls, r: Redis, settings: Settings, agent: AgentClient, sid: str,
+                    entry: AgentInput, *, user_said: bool) -> Turn | None:
+        """Start the input's turn, or None when it is fenced (a newer input superseded it).
+
+        One round trip: the user's words join the history (``user_said``; whether or not
+        their turn runs), the turn's start is recorded unless it is fenced (input begun
+        before it waits behind it, voice begun after it barges in), the client is told, and
+        what the agent is sent is read."""
+        async with r.pipeline(transaction=False) as p:
+            if user_said:
+                queue_append_history(p, sid, HistoryKind.USER, entry.turn,
+                                     {"role": "user", "content": entry.content},
+                                     keep=history_kept(settings.MAX_AGENT_MESSAGES))
+            mark_turn_started(p, sid, entry.turn)
+            topology.reply(p, signal(sid, entry.turn, Signal.STARTED_THINKING))
+            queue_context(p, sid, settings.MAX_AGENT_MESSAGES)
+            *_, started_ms, _, raw_history, raw_session = await p.execute()
+        if int(started_ms) == TURN_FENCED:
+            # The gateway drops the start of a turn below the fence it knows; one it let
+            # through (its fence not yet raised) must end for the client.
+            await topology.reply(r, signal(sid, entry.turn, Signal.ENDED_THINKING))
+            return None
+        history, session = agent_context(sid, raw_history, raw_session)
+        return cls(r, settings, agent, sid, entry, int(started_ms), history, session)
+
     async def run(self) -> None:
         """Run to completion; cancellation (a newer input, barge-in) aborts the agent call."""
         outcome = "completed"
-        # One round trip to start: the turn's start is recorded (input begun before it waits
-        # behind it, voice begun after it barges in), the client is told, and what the agent
-        # is sent is read.
-        async with self.r.pipeline(transaction=False) as p:
-            mark_turn_started(p, self.sid, self.entry.turn)
-            topology.reply(p, signal(self.sid, self.entry.turn, Signal.STARTED_THINKING))
-            queue_context(p, self.sid, self.settings.MAX_AGENT_MESSAGES)
-            started_ms, _, raw_history, raw_session = await p.execute()
-        self.out.started_ms = int(started_ms)
-        history, session = agent_context(self.sid, raw_history, raw_session)
         watchdog = asyncio.create_task(self._slow_notice())
         try:
-            await self._call_agent_while_redis_holds(history, session)
+            await self._call_agent_while_redis_holds(self.history, self.session)
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise

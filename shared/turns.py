@@ -120,9 +120,10 @@ redis.call('EXPIRE', KEYS[2], ARGV[1])
 return {n, n}
 """
 
-# KEYS: started. ARGV: ttl, turn. Only forward: a turn that starts out of order (the rare
-# text/transcript race) does not hide a later one.
+# KEYS: started, fence. ARGV: ttl, turn. A fenced turn does not start (-1). Only forward: a
+# turn that starts out of order (the rare text/transcript race) does not hide a later one.
 _MARK_STARTED = _NOW_MS + """
+if tonumber(ARGV[2]) < tonumber(redis.call('GET', KEYS[2]) or '0') then return -1 end
 local cur = tonumber(redis.call('HGET', KEYS[1], '""" + STARTED_TURN + """') or '0')
 if tonumber(ARGV[2]) < cur then return 0 end
 local ms = now_ms()
@@ -187,12 +188,17 @@ def _turn_start(result: Any) -> TurnStart:
     return TurnStart(int(turn), int(fence))
 
 
+# What mark_turn_started replies for a turn below the fence: it does not start.
+TURN_FENCED = -1
+
+
 def mark_turn_started(p: Pipeline, sid: str, turn: int) -> None:
     """Queue on ``p``: the agent bridge starts ``turn`` now (later input begun before now
-    waits behind it instead of cutting it short). Its reply is when (Redis's clock, ms; 0:
-    a later turn had started already)."""
+    waits behind it instead of cutting it short), unless it is fenced. Its reply is when
+    (Redis's clock, ms; 0: a later turn had started already; :data:`TURN_FENCED`: the turn
+    is below the fence and does not start)."""
     check_lease()
-    p.eval(_MARK_STARTED, 1, keys.turn_started(sid), STATE_TTL_S, turn)
+    p.eval(_MARK_STARTED, 2, keys.turn_started(sid), keys.fence(sid), STATE_TTL_S, turn)
 
 
 @dataclass(frozen=True)

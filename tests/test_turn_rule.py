@@ -16,6 +16,7 @@ from shared.messages import AgentInput, InputKind
 from shared.turns import (
     STARTED_MS,
     STARTED_TURN,
+    TURN_FENCED,
     Kill,
     TurnSource,
     barge_in_cuts,
@@ -120,6 +121,19 @@ async def test_begin_turn_once_starts_one_turn_per_utterance_by_the_same_rule(
     assert await begin_turn_once(r, "once", TurnSource.UTTERANCE, 9000, T0 - 10) is None
     later = await begin_turn_once(r, "once", TurnSource.UTTERANCE, 12000, T0 + 10)
     assert later is not None and later.turn == 6 and not later.supersedes  # 5 still waits
+
+
+async def test_a_fenced_turn_does_not_start(r: aioredis.Redis) -> None:
+    """The agent bridge starts a turn and reads its fence in one round trip: a turn a newer
+    input superseded meanwhile is not recorded as started (it would make input begun before
+    that newer one wait behind a turn that never runs)."""
+    await _state(r, "fenced", last=6, fence=6, started_turn=4, started_ms=1000)
+    async with r.pipeline(transaction=False) as p:
+        mark_turn_started(p, "fenced", 5)
+        mark_turn_started(p, "fenced", 6)
+        fenced, started = await p.execute()
+    assert fenced == TURN_FENCED and started > 0
+    assert await r.hget(keys.turn_started("fenced"), STARTED_TURN) == b"6"
 
 
 async def test_a_turn_start_is_stamped_on_redis_clock_and_only_moves_forward(
