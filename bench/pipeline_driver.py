@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
 import struct
 import sys
@@ -176,7 +177,11 @@ class Driver:
                        for o in range(0, len(pcm) - fb + 1, fb)]
         self.cycle = len(self.frames)
         self.last_voiced = int(cfg["last_voiced_frame"])
-        self.total_frames = round(float(cfg["seconds"]) / FRAME_S)
+        # Whole cycles: a session stopped soon after an utterance never sends the silence
+        # that ends it, and its turn would count as lost (one per session at some lengths:
+        # 500 of 5,500 at N=500, 40 s) though the system never had the chance to answer.
+        frames = round(float(cfg["seconds"]) / FRAME_S)
+        self.total_frames = math.ceil(frames / self.cycle) * self.cycle
         self.sessions = [Session(i, round(float(off) / TICK_S))
                          for i, off in zip(cfg["session_ids"], cfg["start_offsets_s"],
                                            strict=True)]
