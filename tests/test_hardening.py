@@ -250,9 +250,11 @@ async def test_audio_waiting_for_a_stalled_vad_is_bounded_in_redis(vad_system: T
             last = cast(list[tuple[bytes, object]], await r.xrevrange(stream, count=1))
             if first:
                 spans.append(id_key(last[0][0])[0] - id_key(first[0][0])[0])
-        # The audio 3 s of stall piled up is cut to the last 2 x VAD_MAX_LAG_MS (plus the
-        # one write interval the trim lags by), not kept for the VAD to shed later.
-        assert spans and max(spans) <= 2 * 500 + 100, spans
+        # The audio 3 s of stall piled up (4 s with the second before it) is cut to the last
+        # 2 x VAD_MAX_LAG_MS, not kept for the VAD to shed later. Slack: the trim lags by
+        # one write (40 ms apart, more on a loaded machine), and trimming with ~ drops whole
+        # stream nodes (4 KB: three of these entries).
+        assert spans and max(spans) <= 2 * 500 + 300, spans
     finally:
         vad.send_signal(signal.SIGCONT)
         for s in streamers:
