@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shared.latency import STEP_EVENT
 
 
 def median(samples: list[float]) -> float:
@@ -114,3 +118,22 @@ class Stopwatch:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def step_samples(log_path: Path, since: int = 0) -> dict[str, list[float]]:
+    """The 'voice turn step' lines (shared/latency.py) a stage logged from byte ``since`` on:
+    per step, each spoken turn's ms since the end of the voice."""
+    steps: dict[str, list[float]] = {}
+    marker = STEP_EVENT.encode()
+    with log_path.open("rb") as f:
+        f.seek(since)
+        for line in f:
+            if marker not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("event") == STEP_EVENT:
+                steps.setdefault(rec["step"], []).append(float(rec["since_voice_end_ms"]))
+    return steps

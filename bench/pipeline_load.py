@@ -37,8 +37,8 @@ import psutil
 import redis.asyncio as aioredis
 
 from bench import pipeline_fakes, report
-from bench.common import BenchResult, fmt
-from shared.latency import STEP_EVENT, Step
+from bench.common import BenchResult, fmt, step_samples
+from shared.latency import Step
 from tests.harness import ROOT, Proc, RedisServer, free_port, wait_port, wait_ready
 
 NAME = "pipeline"
@@ -335,18 +335,9 @@ def step_stats(system: Pipeline, since: dict[str, int]) -> dict[str, dict[str, f
     ``since``: where the time to the first audio goes, stage by stage."""
     samples: dict[str, list[float]] = {}
     for name, proc in system.procs.items():
-        if not proc.log_path.exists():
-            continue
-        with proc.log_path.open("rb") as f:
-            f.seek(since.get(name, 0))
-            for line in f:
-                if STEP_EVENT.encode() not in line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                samples.setdefault(rec["step"], []).append(float(rec["since_voice_end_ms"]))
+        if proc.log_path.exists():
+            for step, found in step_samples(proc.log_path, since.get(name, 0)).items():
+                samples.setdefault(step, []).extend(found)
     return {step.value: {"p50_ms": pct(samples[step.value], 50),
                          "p99_ms": pct(samples[step.value], 99)}
             for step in Step if samples.get(step.value)}

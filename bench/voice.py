@@ -4,7 +4,6 @@ VAD worker, STT bridge and service, agent bridge and demo agent, TTS bridge and 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,8 +12,8 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
-from bench.common import BenchResult
-from shared.latency import STEP_EVENT, Step
+from bench.common import BenchResult, step_samples
+from shared.latency import Step
 from tests.harness import Client, Message
 
 NAME = "voice"
@@ -186,13 +185,8 @@ def run(quick: bool) -> BenchResult:
             """The stages' own 'voice turn step' log lines of the spoken turns."""
             steps: dict[str, list[float]] = {}
             for name in BREAKDOWN_LOGS:
-                for line in system.procs[name].log_path.read_text(errors="replace").split("\n"):
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(rec, dict) and rec.get("event") == STEP_EVENT:
-                        steps.setdefault(rec["step"], []).append(float(rec["since_voice_end_ms"]))
+                for step, found in step_samples(system.procs[name].log_path).items():
+                    steps.setdefault(step, []).extend(found)
             for step, label in STEPS:
                 samples = steps.get(step, [])[0 if quick else 1:]  # not the warm-up turn
                 result.figure(f"server_{step.value}_ms", f"server: end of voice -> {label}",
