@@ -4,7 +4,7 @@ Every write and every batch costs per session it carries (an entry field, a disp
 segmenter step, a publish), so the interval sets the cost per second of each live session.
 A few sessions get the short interval (the least latency); a loaded process the long one,
 which at 100 sessions took 18 % off the CPU of the whole pipeline for 5-9 ms more at the
-median and 25-28 ms more at the 99th percentile (README, "Load"). In between, the interval
+median and 25-28 ms more at the 99th percentile (bench/HISTORY.md). In between, the interval
 grows linearly.
 """
 
