@@ -49,6 +49,11 @@ FRAME_BYTES = 960  # 30 ms of 16 kHz s16le
 SPEECH_LEVEL = 328  # |sample| above -40 dBFS counts as speech when trimming piper's edges
 API_KEY = "123456"
 LOSS_S = 15.0
+# The vad-worker's CPU_NICE here: the deployment gives it the larger CPU share (its request in
+# deploy/k8s is 1 CPU against 100-250m for the others; cpu_shares in docker-compose.yml), and
+# processes side by side on one box get that from their niceness (-2: about 1.5x the weight;
+# -5 cost the other stages more where the cores were not full, README "Operations").
+VAD_NICE = -2
 WARMUP_S = 2.0  # a session's turns ending this early in its stream are not counted
 SESSIONS_PER_DRIVER = 150
 STAGES = ("vad-worker", "stt-bridge", "agent-bridge", "tts-bridge")
@@ -93,6 +98,7 @@ class Pipeline:
     redis: RedisServer
     env: dict[str, str]
     fakes: subprocess.Popen[bytes]
+    vad_nice: int | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
     health: dict[str, int] = field(default_factory=dict)
 
@@ -102,7 +108,10 @@ class Pipeline:
 
     def start(self, name: str, command: str) -> Proc:
         port = free_port()
-        proc = Proc(command, {**self.env, "HEALTH_PORT": str(port), "WORKER_ID": name}, name=name)
+        env = {**self.env, "HEALTH_PORT": str(port), "WORKER_ID": name}
+        if command == "vad-worker" and self.vad_nice is not None:
+            env["CPU_NICE"] = str(self.vad_nice)
+        proc = Proc(command, env, name=name)
         self.procs[name] = proc  # first, so a process that fails to come up is stopped too
         self.health[name] = port
         proc.start(wait_for_port=self.gateway_port if command == "gateway" else port,
@@ -120,10 +129,21 @@ class Pipeline:
         out["redis-server"] = self.redis.proc.pid
         return out
 
+    def niceness(self) -> dict[str, int]:
+        """Each process's niceness as it runs (CPU_NICE may not have been applied)."""
+        out = {}
+        for name, pid in self.pids().items():
+            try:
+                out[name] = psutil.Process(pid).nice()
+            except psutil.Error:
+                pass
+        return out
+
 
 @contextmanager
 def pipeline(replicas: dict[str, int] | None = None, lease_ms: int | None = None,
-             fakes_module: str = "bench.pipeline_fakes") -> Iterator[Pipeline]:
+             fakes_module: str = "bench.pipeline_fakes",
+             vad_nice: int | None = None) -> Iterator[Pipeline]:
     replicas = replicas or {}
     redis = RedisServer()
     fakes: subprocess.Popen[bytes] | None = None
@@ -139,7 +159,7 @@ def pipeline(replicas: dict[str, int] | None = None, lease_ms: int | None = None
                "MAX_FRAME_BYTES": "65536", **pipeline_fakes.env(fake_port)}
         if lease_ms is not None:
             env["LEASE_MS"] = str(lease_ms)
-        system = Pipeline(redis, env, fakes)
+        system = Pipeline(redis, env, fakes, vad_nice)
         names = []
         for command in STAGES:
             for i in range(replicas.get(command, 1)):
@@ -413,18 +433,19 @@ async def settle_pids(pids: dict[str, int], max_s: float = 30.0) -> None:
 
 
 async def run_levels(levels: list[int], seconds: float, warmup_s: float,
-                     lease_ms: int | None) -> list[dict[str, Any]]:
+                     lease_ms: int | None, vad_nice: int | None) -> list[dict[str, Any]]:
     cycle = Cycle.make()
     rows = []
     with tempfile.TemporaryDirectory(prefix="xrx-pipeline-") as d:
         tmp = Path(d)
         pcm_path = tmp / "cycle.pcm"
         pcm_path.write_bytes(cycle.pcm)
-        with pipeline(lease_ms=lease_ms) as system:
+        with pipeline(lease_ms=lease_ms, vad_nice=vad_nice) as system:
             for n in levels:
                 await settle(system)
                 print(f"  N={n} ...", flush=True)
                 row = await run_level(system, cycle, pcm_path, n, seconds, warmup_s, tmp)
+                row["niceness"] = system.niceness()
                 print("  " + row_line(row), flush=True)
                 rows.append(row)
     return rows
@@ -471,7 +492,7 @@ def owned_partitions(sample: dict[str, float] | None) -> float | None:
 
 
 async def run_scale_out(n: int, seconds: float, add_at: float, kill_at: float, warmup_s: float,
-                        lease_ms: int | None) -> dict[str, Any]:
+                        lease_ms: int | None, vad_nice: int | None) -> dict[str, Any]:
     cycle = Cycle.make()
     timeline: list[dict[str, Any]] = []
     events: dict[str, float] = {}
@@ -479,7 +500,7 @@ async def run_scale_out(n: int, seconds: float, add_at: float, kill_at: float, w
         tmp = Path(d)
         pcm_path = tmp / "cycle.pcm"
         pcm_path.write_bytes(cycle.pcm)
-        with pipeline(lease_ms=lease_ms) as system:
+        with pipeline(lease_ms=lease_ms, vad_nice=vad_nice) as system:
             n_drivers = max(1, math.ceil(n / SESSIONS_PER_DRIVER))
             drivers = start_drivers(system.gateway_port, cycle, pcm_path, n, seconds,
                                     n_drivers, tmp)
@@ -644,7 +665,7 @@ def scale_table(s: dict[str, Any]) -> list[str]:
 
 
 def result_from(rows: list[dict[str, Any]], scale: dict[str, Any] | None, seconds: float,
-                warmup_s: float, lease_ms: int | None) -> BenchResult:
+                warmup_s: float, lease_ms: int | None, vad_nice: int | None) -> BenchResult:
     result = BenchResult(NAME if scale is None else NAME_SCALE_OUT)
     for r in rows:
         n = r["n"]
@@ -666,6 +687,7 @@ def result_from(rows: list[dict[str, Any]], scale: dict[str, Any] | None, second
         "git_commit": report.git_commit(), "date": dt.datetime.now().astimezone().isoformat(
             timespec="seconds"), "seconds_per_level": seconds, "warmup_s": warmup_s,
         "sentence": SENTENCE, "silence_ms": SILENCE_MS, "lease_ms": lease_ms or "default",
+        "vad_nice": vad_nice,
         "runs": [{k: v for k, v in r.items() if k != "latencies_ms"} for r in rows],
         "table": lines})
     if scale is not None:
@@ -685,8 +707,21 @@ def result_from(rows: list[dict[str, Any]], scale: dict[str, Any] | None, second
         f"(bench/pipeline_driver.py, <= {SESSIONS_PER_DRIVER} sessions each, same box) are "
         "reported apart. The machine is shared: figures are noisy; `others on the box` is the "
         "machine's busy CPU (all cores, % of one) minus this benchmark's processes.",
+        niceness_note(rows, vad_nice),
     ]
     return result
+
+
+def niceness_note(rows: list[dict[str, Any]], vad_nice: int | None) -> str:
+    """What the processes ran at: CPU_NICE below 0 needs root or CAP_SYS_NICE."""
+    if vad_nice is None:
+        return "Every process ran at the niceness it was started with."
+    seen = sorted({v for r in rows for k, v in r.get("niceness", {}).items()
+                   if k.startswith("vad-worker")})
+    ran = f", ran at {', '.join(map(str, seen))}" if seen else ""
+    return (f"The vad-worker asked for niceness {vad_nice} (CPU_NICE{ran}), as its larger CPU "
+            "share in the deployment (deploy/k8s requests, Compose cpu_shares); the other "
+            "processes ran as started.")
 
 
 # --- entry points ----------------------------------------------------------------------------
@@ -696,8 +731,12 @@ def run(quick: bool) -> BenchResult:
     15 s, which shows the harness works and the per-session figures; the load levels that
     matter take minutes and run standalone (``python -m bench.pipeline_load``)."""
     levels, seconds = [1, 20], 15.0
-    rows = asyncio.run(run_levels(levels, seconds, WARMUP_S, None))
-    return result_from(rows, None, seconds, WARMUP_S, None)
+    rows = asyncio.run(run_levels(levels, seconds, WARMUP_S, None, VAD_NICE))
+    return result_from(rows, None, seconds, WARMUP_S, None, VAD_NICE)
+
+
+def _nice(value: str) -> int | None:
+    return None if value.lower() == "none" else int(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -710,6 +749,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=WARMUP_S)
     parser.add_argument("--lease-ms", type=int, default=None,
                         help="LEASE_MS for the workers (default: the project's)")
+    parser.add_argument("--vad-nice", type=_nice, default=VAD_NICE,
+                        help="CPU_NICE for the vad-worker (default %(default)s: its larger "
+                             "CPU share in the deployment; 'none' runs it as the others)")
     parser.add_argument("--scale-out", action="store_true",
                         help="the replica add/remove scenario instead of the levels")
     parser.add_argument("--add-at", type=float, default=None,
@@ -728,10 +770,11 @@ def main(argv: list[str] | None = None) -> int:
         add_at = args.add_at if args.add_at is not None else args.seconds / 3
         kill_at = args.kill_at if args.kill_at is not None else 2 * args.seconds / 3
         scale = asyncio.run(run_scale_out(levels[0], args.seconds, add_at, kill_at,
-                                          args.warmup, args.lease_ms))
+                                          args.warmup, args.lease_ms, args.vad_nice))
     else:
-        rows = asyncio.run(run_levels(levels, args.seconds, args.warmup, args.lease_ms))
-    result = result_from(rows, scale, args.seconds, args.warmup, args.lease_ms)
+        rows = asyncio.run(run_levels(levels, args.seconds, args.warmup, args.lease_ms,
+                                      args.vad_nice))
+    result = result_from(rows, scale, args.seconds, args.warmup, args.lease_ms, args.vad_nice)
     result.seconds = time.perf_counter() - started
     report.finish_standalone(result, args.out, save=not args.no_write)
     return 0

@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     HEALTH_PORT: int = Field(-1, ge=-1, le=65535)
     WORKER_ID: str = ""
     LEASE_MS: int = Field(2000, ge=500)
+    # The process's scheduling niceness (Linux: -20..19, lower runs first), for processes
+    # that share a machine: below 0 (root or CAP_SYS_NICE) for the vad-worker, whose
+    # batches every session's end of speech waits on (README, "Operations"). Unset: left as
+    # started.
+    CPU_NICE: int | None = Field(None, ge=-20, le=19)
     # Partition streams per stage; every process of a deployment must use the same number,
     # and it bounds how many replicas of one stage can share the work.
     PARTITIONS: int = Field(32, ge=1, le=1024)

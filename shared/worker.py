@@ -20,6 +20,7 @@ from shared.health import serve_health
 from shared.keys import Stage
 from shared.logs import configure_logging
 from shared.ownership import HandlerFactory, StageWorker
+from shared.priority import set_niceness
 from shared.redis_io import connect, connect_sync, ping
 
 log = structlog.get_logger(__name__)
@@ -37,6 +38,7 @@ def consumer_name(settings: Settings) -> str:
 def run_stage_worker(stage: Stage, process: str, setup: Setup) -> None:
     settings = load_settings()
     configure_logging(settings, process)
+    set_niceness(settings.CPU_NICE)
     topology.configure(settings.PARTITIONS)
     # uvloop (shipped with uvicorn[standard]): every worker spends much of its time in socket
     # writes and wake-ups, which uvloop does in C.

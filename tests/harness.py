@@ -185,12 +185,14 @@ class Proc:
         self.command, self.name = command, name or command
         self.env = {**os.environ, "LOG_FORMAT": "json", "HF_HUB_OFFLINE": "1", **env}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.argv_prefix: list[str] = []  # a wrapper to run it under (setpriv, say)
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = LOG_DIR / f"{self.name}-{os.getpid()}-{time.time_ns()}.log"
 
     def start(self, wait_for_port: int | None = None, timeout: float = 60.0) -> Proc:
         log = open(self.log_path, "wb")  # the process keeps it open
-        self.proc = subprocess.Popen([sys.executable, "-m", "shared.cli", self.command],
+        self.proc = subprocess.Popen([*self.argv_prefix, sys.executable, "-m", "shared.cli",
+                                      self.command],
                                      env=self.env, cwd=ROOT, stdout=log, stderr=log)
         if wait_for_port is not None:
             try:

@@ -21,6 +21,7 @@ from services.stt.providers import AnyTranscriber, load_transcriber, provider_fa
 from shared.config import Settings, config_error, load_settings
 from shared.health import health_routes
 from shared.logs import configure_logging
+from shared.priority import set_niceness
 
 log = structlog.get_logger(__name__)
 
@@ -169,6 +170,7 @@ async def _transcript(transcriber: Transcriber, pcm: bytes) -> str:
 def run() -> None:
     settings = load_settings()
     configure_logging(settings, "stt")
+    set_niceness(settings.CPU_NICE)
     try:
         app = create_app(settings)
     except ValueError as err:

@@ -21,6 +21,7 @@ from services.tts.session import TtsSession
 from shared.config import Settings, config_error, load_settings
 from shared.health import health_routes
 from shared.logs import configure_logging
+from shared.priority import set_niceness
 
 log = structlog.get_logger(__name__)
 
@@ -105,6 +106,7 @@ async def serve_connection(ws: WebSocket, state: TtsState) -> None:
 def run() -> None:
     settings = load_settings()
     configure_logging(settings, "tts")
+    set_niceness(settings.CPU_NICE)
     try:
         app = create_app(settings)
     except ValueError as err:
