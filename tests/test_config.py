@@ -19,6 +19,7 @@ from tests.harness import ROOT
     ({"REDIS_SENTINELS": "sentinel-0:26379,sentinel-1"}, "REDIS_SENTINELS: 'sentinel-1'"),
     ({"REDIS_MAX_CONNECTIONS": "-1"}, "REDIS_MAX_CONNECTIONS"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ({"CPU_NICE": "-21"}, "CPU_NICE"),
     ({"AUDIO_BATCH_MS": "80", "AUDIO_BATCH_LOADED_MS": "40"},
      "AUDIO_BATCH_LOADED_MS must be at least AUDIO_BATCH_MS"),
     ({"AUDIO_BATCH_LOADED_MS": "400", "VAD_MAX_LAG_MS": "500"}, "at most half of VAD_MAX_LAG_MS"),
