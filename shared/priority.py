@@ -4,8 +4,8 @@ When the stages share a machine and its cores are full, the scheduler splits the
 between busy processes. The vad-worker is the one whose delay every session pays at once: its
 batches carry all their audio, and every end of speech waits for one. Kubernetes gives it a
 larger share through its CPU request (``deploy/k8s``), Compose through ``cpu_shares``;
-processes started side by side on one host (``xrx up``, the load benchmark) get it from their
-niceness.
+processes started side by side on one host without containers (the load benchmark) get it
+from their niceness.
 """
 
 from __future__ import annotations
