@@ -49,11 +49,15 @@ class TextSystem:
 
     def start(self, name: str, command: str, port: int | None = None,
               **extra: str) -> Proc:
-        health = free_port()
-        env = {**self.env, "HEALTH_PORT": str(health), "WORKER_ID": name, **extra}
+        proc = self.prepare(name, command, **extra)
+        proc.start(wait_for_port=port if port is not None else int(proc.env["HEALTH_PORT"]))
+        return proc
+
+    def prepare(self, name: str, command: str, **extra: str) -> Proc:
+        """The process :meth:`start` starts, recorded but not started yet."""
+        env = {**self.env, "HEALTH_PORT": str(free_port()), "WORKER_ID": name, **extra}
         proc = Proc(command, env, name=name)
         self.procs[name] = proc  # recorded first, so one that fails to come up is stopped too
-        proc.start(wait_for_port=port if port is not None else health)
         return proc
 
     def start_text_pipeline(self, *, guardrails: bool) -> None:

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from tests.conftest import TextSystem, make_env
-from tests.harness import Proc, RedisServer, free_port, wait_ready
+from tests.harness import RedisServer, free_port, wait_ready
 
 DB = 14
 
@@ -62,12 +62,10 @@ def test_a_process_that_may_not_lower_its_niceness_says_so_and_serves(
         system: TextSystem) -> None:
     # Without root or CAP_SYS_NICE (dropped here from what a root test run may pass on), a
     # lower niceness is refused by the kernel: the gateway warns and serves anyway.
-    gateway = Proc("gateway", {**system.env, "GATEWAY_PORT": str(free_port()),
-                               "CPU_NICE": "-5"}, name="gateway-no-cap")
+    port = free_port()
+    gateway = system.prepare("gateway-no-cap", "gateway", GATEWAY_PORT=str(port), CPU_NICE="-5")
     if os.geteuid() == 0:
         gateway.argv_prefix = ["setpriv", "--bounding-set=-sys_nice"]
-    system.procs[gateway.name] = gateway
-    port = int(gateway.env["GATEWAY_PORT"])
     gateway.start(wait_for_port=port)
     wait_ready(f"http://127.0.0.1:{port}/readyz")
     assert gateway.proc is not None
