@@ -7,15 +7,11 @@ import uvicorn
 from gateway.app import create_app
 from gateway.ws_protocol import AudioFastPath
 from shared import topology
-from shared.config import load_settings
-from shared.logs import configure_logging
-from shared.priority import set_niceness
+from shared.startup import start
 
 
 def run() -> None:
-    settings = load_settings()
-    configure_logging(settings, "gateway")
-    set_niceness(settings.CPU_NICE)
+    settings = start("gateway")
     topology.configure(settings.PARTITIONS)
     uvicorn.run(create_app(settings), host=settings.GATEWAY_HOST, port=settings.GATEWAY_PORT,
                 ws=AudioFastPath, ws_max_size=settings.MAX_FRAME_BYTES, log_config=None,

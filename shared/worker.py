@@ -15,13 +15,12 @@ import uvloop
 from redis.asyncio import Redis
 
 from shared import topology
-from shared.config import Settings, load_settings
+from shared.config import Settings
 from shared.health import serve_health
 from shared.keys import Stage
-from shared.logs import configure_logging
 from shared.ownership import HandlerFactory, StageWorker
-from shared.priority import set_niceness
 from shared.redis_io import connect, connect_sync, ping
+from shared.startup import start
 
 log = structlog.get_logger(__name__)
 
@@ -36,9 +35,7 @@ def consumer_name(settings: Settings) -> str:
 
 
 def run_stage_worker(stage: Stage, process: str, setup: Setup) -> None:
-    settings = load_settings()
-    configure_logging(settings, process)
-    set_niceness(settings.CPU_NICE)
+    settings = start(process)
     topology.configure(settings.PARTITIONS)
     # uvloop (shipped with uvicorn[standard]): every worker spends much of its time in socket
     # writes and wake-ups, which uvloop does in C.

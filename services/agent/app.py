@@ -17,8 +17,9 @@ from starlette.routing import Route
 
 from services.agent.tasks import TaskRegistry, TurnStreamResponse
 from services.agent.turn import TurnRequest, run_turn
-from shared.config import Settings, load_settings
+from shared.config import Settings
 from shared.health import metrics
+from shared.startup import start
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +92,6 @@ def _describe(exc: ValueError) -> str:
 
 
 def run() -> None:
-    settings = load_settings()
-    # log_config=None: logging is configured by the process, not by uvicorn.
+    settings = start("demo-agent")
+    # log_config=None: logging is configured above, not by uvicorn.
     uvicorn.run(create_app(settings), host="0.0.0.0", port=settings.AGENT_PORT, log_config=None)

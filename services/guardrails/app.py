@@ -19,9 +19,10 @@ from starlette.routing import Route
 
 from services.guardrails.proxy import forward
 from services.guardrails.rules import DenyList, Violation, deny_list, last_user_text
-from shared.config import Settings, load_settings
+from shared.config import Settings
 from shared.health import metrics
 from shared.protocols import TASK_ID_HEADER, AgentField, sse_event
+from shared.startup import start
 
 log = structlog.get_logger(__name__)
 
@@ -106,8 +107,8 @@ def create_app(settings: Settings) -> Starlette:
 
 
 def run() -> None:
-    settings = load_settings()
-    # log_config=None: logging is configured by the process, not by uvicorn.
+    settings = start("guardrails")
+    # log_config=None: logging is configured above, not by uvicorn.
     uvicorn.run(
         create_app(settings), host="0.0.0.0", port=settings.GUARDRAILS_AGENT_PORT, log_config=None
     )

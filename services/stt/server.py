@@ -20,8 +20,7 @@ from services.stt.protocols import StreamingTranscriber, Transcriber
 from services.stt.providers import AnyTranscriber, load_transcriber, provider_factory
 from shared.config import Settings, config_error, load_settings
 from shared.health import health_routes
-from shared.logs import configure_logging
-from shared.priority import set_niceness
+from shared.startup import start
 
 log = structlog.get_logger(__name__)
 
@@ -168,9 +167,7 @@ async def _transcript(transcriber: Transcriber, pcm: bytes) -> str:
 
 
 def run() -> None:
-    settings = load_settings()
-    configure_logging(settings, "stt")
-    set_niceness(settings.CPU_NICE)
+    settings = start("stt")
     try:
         app = create_app(settings)
     except ValueError as err:

@@ -20,8 +20,7 @@ from services.tts.providers import load_synthesizer, provider_factory
 from services.tts.session import TtsSession
 from shared.config import Settings, config_error, load_settings
 from shared.health import health_routes
-from shared.logs import configure_logging
-from shared.priority import set_niceness
+from shared.startup import start
 
 log = structlog.get_logger(__name__)
 
@@ -104,9 +103,7 @@ async def serve_connection(ws: WebSocket, state: TtsState) -> None:
 
 
 def run() -> None:
-    settings = load_settings()
-    configure_logging(settings, "tts")
-    set_niceness(settings.CPU_NICE)
+    settings = start("tts")
     try:
         app = create_app(settings)
     except ValueError as err:
