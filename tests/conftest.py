@@ -74,6 +74,12 @@ class TextSystem:
         for proc in reversed(list(self.procs.values())):
             proc.terminate()
 
+    def __enter__(self) -> TextSystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
 
 def make_env(redis: RedisServer, db: int, **overrides: str) -> dict[str, str]:
     env = {
@@ -94,12 +100,9 @@ def make_env(redis: RedisServer, db: int, **overrides: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def text_system(redis_server: RedisServer) -> Iterator[TextSystem]:
-    system = TextSystem(redis_server, 1, make_env(redis_server, 1))
-    try:
+    with TextSystem(redis_server, 1, make_env(redis_server, 1)) as system:
         system.start_text_pipeline(guardrails=True)
         yield system
-    finally:
-        system.stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,8 @@ def thread_niceness(pid: int) -> dict[int, int]:
 
 @pytest.fixture(scope="module")
 def system(redis_server: RedisServer) -> Iterator[TextSystem]:
-    system = TextSystem(redis_server, DB, make_env(redis_server, DB))
-    try:
+    with TextSystem(redis_server, DB, make_env(redis_server, DB)) as system:
         yield system
-    finally:
-        system.stop_all()
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")

@@ -22,11 +22,8 @@ DB = 13
 
 @pytest.fixture(scope="module")
 def system(redis_server: RedisServer) -> Iterator[TextSystem]:
-    system = TextSystem(redis_server, DB, make_env(redis_server, DB))
-    try:
+    with TextSystem(redis_server, DB, make_env(redis_server, DB)) as system:
         yield system
-    finally:
-        system.stop_all()
 
 
 def log_lines(proc: Proc) -> list[dict[str, Any]]:
