@@ -6,6 +6,7 @@ message naming the variable, rather than failing later in the middle of a conver
 
 from __future__ import annotations
 
+import re
 import sys
 from functools import lru_cache
 from typing import Literal
@@ -140,7 +141,7 @@ class Settings(BaseSettings):
 
     # --- process -----------------------------------------------------------------------
     LOG_FORMAT: Literal["auto", "json", "console"] = "auto"
-    LOG_LEVEL: str = "INFO"
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # Workers' /healthz, /readyz, /metrics server; like GATEWAY_HOST, 127.0.0.1 keeps it local.
     HEALTH_HOST: str = "0.0.0.0"
     HEALTH_PORT: int = Field(-1, ge=-1, le=65535)
@@ -169,6 +170,11 @@ class Settings(BaseSettings):
         if v != 16000:
             raise ValueError("only 16000 Hz input is supported (Silero VAD and Whisper use 16 kHz)")
         return v
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _level_any_case(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
 
     @field_validator("AGENT_PATH", "AGENT_CANCEL_PATH", "STT_PATH", "TTS_PATH")
     @classmethod
@@ -258,11 +264,27 @@ class ConfigError(SystemExit):
     """Raised with a readable message when the environment holds a bad setting."""
 
 
+# Settings whose values are credentials: a start-up error names them, never shows them.
+_SECRET_NAME = re.compile(r"(KEY|PASSWORD|TOKEN|SECRET)$")
+# user:password@ in a URL (REDIS_URL, say).
+_URL_CREDENTIALS = re.compile(r"(//)[^/@\s]*@")
+
+
+def _shown(name: str, value: object) -> str:
+    """What a start-up error may say about a setting's value: the value itself, unless it
+    is a credential or a URL holding one. A check across settings (no name) shows nothing:
+    pydantic's input there is the whole environment the settings came from."""
+    if not name or _SECRET_NAME.search(name):
+        return ""
+    shown = _URL_CREDENTIALS.sub(r"\1***@", repr(value))
+    return f" (got {shown})"
+
+
 def _describe(err: ValidationError) -> str:
     lines = ["invalid configuration:"]
     for e in err.errors():
-        name = ".".join(str(p) for p in e["loc"]) or "settings"
-        lines.append(f"  {name}: {e['msg']} (got {e.get('input')!r})")
+        name = ".".join(str(p) for p in e["loc"])
+        lines.append(f"  {name or 'settings'}: {e['msg']}{_shown(name, e.get('input'))}")
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ def configure_logging(settings: Settings, process: str) -> None:
     fmt = settings.LOG_FORMAT
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
-    level = logging.getLevelNamesMapping().get(settings.LOG_LEVEL.upper(), logging.INFO)
+    level = logging.getLevelNamesMapping()[settings.LOG_LEVEL]
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())

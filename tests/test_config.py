@@ -19,6 +19,7 @@ from tests.harness import ROOT
     ({"REDIS_SENTINELS": "sentinel-0:26379,sentinel-1"}, "REDIS_SENTINELS: 'sentinel-1'"),
     ({"REDIS_MAX_CONNECTIONS": "-1"}, "REDIS_MAX_CONNECTIONS"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ({"LOG_LEVEL": "bogus"}, "LOG_LEVEL"),
     ({"CPU_NICE": "-21"}, "CPU_NICE"),
     ({"AUDIO_BATCH_MS": "80", "AUDIO_BATCH_LOADED_MS": "40"},
      "AUDIO_BATCH_LOADED_MS must be at least AUDIO_BATCH_MS"),
@@ -54,3 +55,23 @@ def test_cloud_provider_without_its_key_is_refused(command: str, env: dict[str, 
     assert proc.returncode == 2
     assert "invalid configuration" in proc.stderr and expected in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_refused_setting_never_shows_a_credential() -> None:
+    # A check across settings gets the whole environment as its input; a bad URL may hold a
+    # password. The message names what is wrong, never the secrets beside it.
+    env = {"API_KEY": "s3cr3t-key", "OPENAI_API_KEY": "sk-live-XYZ", "REDIS_PASSWORD": "pw123",
+           "REDIS_URL": "http://user:pw456@redis:6379", "LOG_LEVEL": "debug"}
+    proc = subprocess.run([sys.executable, "-m", "shared.cli", "gateway"], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "REDIS_URL must start with" in proc.stderr
+    for secret in ("s3cr3t-key", "sk-live-XYZ", "pw123", "pw456"):
+        assert secret not in proc.stderr
+    # A field's own error shows its value, a credential's does not.
+    proc = subprocess.run([sys.executable, "-m", "shared.cli", "gateway"], cwd=ROOT,
+                          env={**os.environ, "AGENT_PORT": "eighty", "REDIS_PASSWORD": "pw123",
+                               "REDIS_MAX_CONNECTIONS": "-1"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "'eighty'" in proc.stderr and "pw123" not in proc.stderr
