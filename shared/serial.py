@@ -23,9 +23,10 @@ class SerialRunner(Generic[T]):
     library's await, redis-py's for one, is not reliably delivered)."""
 
     def __init__(self, work: Callable[[T], Awaitable[None]],
-                 done: Callable[[T, bool], Awaitable[None]]) -> None:
+                 done: Callable[[T, bool], Awaitable[None]], *, session_id: str = "") -> None:
         """``work(item)`` handles an item; ``done(item, cancelled)`` runs after it, always."""
         self._work, self._done = work, done
+        self._log = log.bind(session_id=session_id) if session_id else log
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self.current: asyncio.Task[None] | None = None
         self._stopping = False
@@ -81,14 +82,14 @@ class SerialRunner(Generic[T]):
                     raise
                 cancelled = True
             except LeaseLost as err:
-                log.info("session work stopped: partition moved", reason=str(err))
+                self._log.info("session work stopped: partition moved", reason=str(err))
             except Exception:
                 # One failed item (Redis gone mid-turn, say) must not stop the session.
-                log.exception("session work failed")
+                self._log.exception("session work failed")
             finally:
                 self.current = None
             try:
                 await self._done(item, cancelled)  # type: ignore[arg-type]
             except Exception:
                 # Unacknowledged, the item stays pending and is handled again on failover.
-                log.exception("could not finish session work")
+                self._log.exception("could not finish session work")

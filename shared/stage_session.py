@@ -31,7 +31,11 @@ class QueuedSession(ABC, Generic[E]):
     def __init__(self, sid: str, acker: Acker) -> None:
         self.sid, self.acker = sid, acker
         self.handing_over = False
-        self.queue: SerialRunner[tuple[bytes, E]] = SerialRunner(self._run_item, self._finished)
+        self.queue: SerialRunner[tuple[bytes, E]] = SerialRunner(self._run_item, self._finished,
+                                                                 session_id=sid)
+        # Processed items whose outcome lives on only in this session's memory (see hold_ack).
+        self._held_ids: list[bytes] = []
+        self._hold_current = False
 
     # --- the stage's own part --------------------------------------------------------------
 
@@ -53,13 +57,27 @@ class QueuedSession(ABC, Generic[E]):
     async def stopped(self) -> None:
         """Runs once when the session ends here (closed or handed over)."""
 
+    def hold_ack(self) -> None:
+        """Leave the item being processed unacknowledged when it is done: what came of it is
+        kept in memory for a later item (words held to join the next utterance's), so if the
+        session moves or this replica dies before :meth:`release_acks`, the next owner must
+        handle it again."""
+        self._hold_current = True
+
+    def release_acks(self) -> None:
+        """Acknowledge the items held by :meth:`hold_ack`: what came of them is out."""
+        if self._held_ids:
+            self.acker.ack(*self._held_ids)
+            self._held_ids.clear()
+
     # --- the shell -------------------------------------------------------------------------
 
     async def handle(self, entry_id: bytes, fields: Fields) -> bool:
         entry: E = self.entry_type.decode(fields)  # type: ignore[assignment]
         if self.is_close(entry):
             await self._stop()
-            self.acker.ack(entry_id, *(i for i, _ in self.queue.take()))
+            self.acker.ack(entry_id, *(i for i, _ in self.queue.take()), *self._held_ids)
+            self._held_ids.clear()
             return True
         if not await self.act_now(entry_id, entry):
             self.queue.put((entry_id, entry))
@@ -82,6 +100,10 @@ class QueuedSession(ABC, Generic[E]):
 
     async def _finished(self, item: tuple[bytes, E], cancelled: bool) -> None:
         await self.after(item[1], cancelled)
+        held, self._hold_current = self._hold_current, False
         if cancelled and self.handing_over:
             return  # unfinished: the next owner runs it again
+        if held:
+            self._held_ids.append(item[0])
+            return
         self.acker.ack(item[0])

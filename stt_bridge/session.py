@@ -136,7 +136,10 @@ class SttSession(QueuedSession[UtteranceIn]):
         while self._held and loop.time() < deadline:
             if self.queue.pending():
                 if self._queued_starts and self._queued_starts[0] - utt.end_ms < JOIN_GAP_MS:
-                    return  # the next utterance is on its way and takes these words along
+                    # The next utterance is on its way and takes these words along; until
+                    # they are out, they are only in memory here.
+                    self.hold_ack()
+                    return
                 break
             if self._speaking:
                 if self._spoke_again_after_pause():
@@ -156,6 +159,7 @@ class SttSession(QueuedSession[UtteranceIn]):
             await publish_transcript(self.r, self.sid, text, utterance_start_ms=utt.start_ms,
                                      voice_end_ms=self._held_voice_end_ms,
                                      voice_start_ms=self._held_voice_start_ms)
+            self.release_acks()
 
     def _spoke_again_after_pause(self) -> bool:
         """The voice going on now began JOIN_GAP_MS or more after the held words ended: not
