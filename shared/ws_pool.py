@@ -24,6 +24,13 @@ class ServiceUnavailable(Exception):
     """The service cannot be reached now."""
 
 
+class ConnectionLost(ServiceUnavailable):
+    """The service closed the connection before answering: a replica going down (a rolling
+    restart closes its clients with 1012), or an idle connection it dropped. A request that
+    can be asked again is asked once more, on a new connection (another replica, or this one
+    back): the STT and TTS bridges' clients do."""
+
+
 # Connections kept open between requests. A VAD batch ends a few dozen utterances at once
 # under load, and each is a request at the same moment: a pool of 4 closed all but four of
 # the burst's connections and opened them again for the next (a TCP connect, a handshake and
@@ -71,7 +78,7 @@ class WsPool:
             yield ws
             healthy = True
         except websockets.ConnectionClosed as err:
-            raise ServiceUnavailable(f"{self.url} closed the connection: {err}") from err
+            raise ConnectionLost(f"{self.url} closed the connection: {err}") from err
         finally:
             if healthy and ws.state is websockets.State.OPEN and len(self._idle) < self.max_idle:
                 self._idle.append(ws)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.ws_pool import ServiceUnavailable, WsPool
+import structlog
+
+from shared.ws_pool import ConnectionLost, ServiceUnavailable, WsPool
+
+log = structlog.get_logger(__name__)
 
 
 class SttClient:
@@ -13,6 +17,15 @@ class SttClient:
         self.timeout_s = timeout_s
 
     async def transcribe(self, pcm: bytes) -> str:
+        try:
+            return await self._transcribe(pcm)
+        except ConnectionLost as err:
+            # Transcribing again is harmless: a replica that went down mid-utterance (or a
+            # connection it dropped) is no reason to tell the user the service is down.
+            log.info("stt connection lost, asking again", error=str(err))
+            return await self._transcribe(pcm)
+
+    async def _transcribe(self, pcm: bytes) -> str:
         async with self.pool.connection() as ws:
             await ws.send(pcm)
             try:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+import structlog
 
 from shared.protocols import TTS_ACTION, TtsAction, tts_command
-from shared.ws_pool import ServiceUnavailable, WsPool
+from shared.ws_pool import ConnectionLost, ServiceUnavailable, WsPool
+
+log = structlog.get_logger(__name__)
 
 
 class TtsClient:
@@ -17,7 +22,27 @@ class TtsClient:
 
     async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         """Audio chunks of ``text``. Stopping early discards the connection, which is how a
-        synthesis is cancelled: the service stops when its client goes away."""
+        synthesis is cancelled: the service stops when its client goes away.
+
+        A connection lost before the first chunk (a replica going down, a dropped idle
+        connection) is retried once on a new one; after it, the reply is cut: asking again
+        would say its start twice."""
+        started = False
+        try:
+            # aclosing: a caller that stops early must close the connection now (the cancel).
+            async with aclosing(self._synthesize(text)) as chunks:
+                async for chunk in chunks:
+                    started = True
+                    yield chunk
+        except ConnectionLost as err:
+            if started:
+                raise
+            log.info("tts connection lost before the first chunk, asking again", error=str(err))
+            async with aclosing(self._synthesize(text)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+    async def _synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         async with self.pool.connection() as ws:
             await ws.send(tts_command(TtsAction.SYNTHESIZE, text))
             while True:
