@@ -6,12 +6,13 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.ws_protocol import AudioFastPath
-from shared import topology
+from shared import partition_count, topology
 from shared.startup import start
 
 
 def run() -> None:
     settings = start("gateway")
+    partition_count.check(settings, "gateway")
     topology.configure(settings.PARTITIONS)
     uvicorn.run(create_app(settings), host=settings.GATEWAY_HOST, port=settings.GATEWAY_PORT,
                 ws=AudioFastPath, ws_max_size=settings.MAX_FRAME_BYTES, log_config=None,

@@ -128,6 +128,11 @@ def stage_members(stage: Stage) -> str:
     return f"{PREFIX}:members:{stage.value}"
 
 
+def partition_count() -> str:
+    """String: the PARTITIONS of the deployment using this Redis, set by its first process."""
+    return f"{PREFIX}:partitions"
+
+
 def gateway_marker(gateway_id: str) -> str:
     """A key a gateway keeps while it runs; when it vanishes, Redis lost its data."""
     return f"{PREFIX}:gateway:{gateway_id}:alive"

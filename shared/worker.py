@@ -14,7 +14,7 @@ import structlog
 import uvloop
 from redis.asyncio import Redis
 
-from shared import topology
+from shared import partition_count, topology
 from shared.config import Settings
 from shared.health import serve_health
 from shared.keys import Stage
@@ -36,6 +36,7 @@ def consumer_name(settings: Settings) -> str:
 
 def run_stage_worker(stage: Stage, process: str, setup: Setup) -> None:
     settings = start(process)
+    partition_count.check(settings, process)
     topology.configure(settings.PARTITIONS)
     # uvloop (shipped with uvicorn[standard]): every worker spends much of its time in socket
     # writes and wake-ups, which uvloop does in C.

@@ -25,7 +25,7 @@ from tests.conftest import TextSystem, flushed_db, make_env
 from tests.fakes import serve
 from tests.harness import RedisServer, wait_ready
 
-DB = 12
+DB = 12  # function-scoped, flushed per test (shared with tests/test_leases.py)
 STT_PATH = "/stt"
 FIRST = b"\x01\x00" * 1600  # 100 ms: "alpha words", at once
 SECOND = b"\x02\x00" * 3200  # 200 ms: "bravo words", once the test lets it
