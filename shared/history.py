@@ -10,6 +10,7 @@ from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.leases import check_lease
+from shared.protocols import SESSION_GUID
 from shared.turns import STATE_TTL_S
 
 # Appends once per (kind, turn): a turn handled again after a failover appends nothing new.
@@ -62,7 +63,7 @@ def queue_context(p: Pipeline, sid: str, limit: int) -> None:
 
 def agent_context(sid: str, raw_history: list[bytes], raw_session: bytes | None
                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    session = json.loads(raw_session) if raw_session else {"guid": sid}
+    session = json.loads(raw_session) if raw_session else {SESSION_GUID: sid}
     return [json.loads(m) for m in raw_history], session
 
 

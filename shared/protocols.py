@@ -27,6 +27,17 @@ class AgentField(StrEnum):
     ERROR = "error"
 
 
+# The key of the request's session object that holds the xRx session id.
+SESSION_GUID = "guid"
+
+
+def session_id_of(body: object) -> str | None:
+    """The session id an agent request body carries, if it is one."""
+    session = body.get(AgentField.SESSION) if isinstance(body, dict) else None
+    guid = session.get(SESSION_GUID) if isinstance(session, dict) else None
+    return str(guid) if guid else None
+
+
 class AgentNode(StrEnum):
     CUSTOMER_RESPONSE = "CustomerResponse"
     TASK_DESCRIPTION_RESPONSE = "TaskDescriptionResponse"

@@ -51,6 +51,11 @@ def test_demo_agent_logs_json_lines_naming_it(system: TextSystem) -> None:
     path = system.env.get("AGENT_PATH", Settings.model_fields["AGENT_PATH"].default)
     bad = httpx.post(f"http://127.0.0.1:{port}{path}", content=b"{not json", timeout=10)
     assert bad.status_code == 400
+    with httpx.stream("POST", f"http://127.0.0.1:{port}{path}", json={
+            "messages": [{"role": "user", "content": "a large pepperoni"}],
+            "session": {"guid": "logged-session"}}, timeout=30) as turn:
+        assert turn.status_code == 200
+        turn.read()
     agent.terminate()
     lines = log_lines(agent)
     assert {line.get("process") for line in lines} == {"demo-agent"}
@@ -58,6 +63,8 @@ def test_demo_agent_logs_json_lines_naming_it(system: TextSystem) -> None:
     assert "agent_started" in said
     assert "agent_bad_request" in said
     assert any("Uvicorn running" in e for e in said), said
+    started = [line for line in lines if line.get("event") == "agent_turn_started"]
+    assert [line.get("session_id") for line in started] == ["logged-session"]
 
 
 def test_guardrails_logs_json_lines_naming_it(system: TextSystem) -> None:
@@ -66,7 +73,15 @@ def test_guardrails_logs_json_lines_naming_it(system: TextSystem) -> None:
     assert proxy.proc is not None
     assert psutil.Process(proxy.proc.pid).nice() == 4
     assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    path = system.env.get("AGENT_PATH", Settings.model_fields["AGENT_PATH"].default)
+    for words in ("You are an IDIOT!", "a large pepperoni"):  # refused; then no agent there
+        httpx.post(f"http://127.0.0.1:{port}{path}", timeout=10, json={
+            "messages": [{"role": "user", "content": words}],
+            "session": {"guid": "guarded-session"}})
     proxy.terminate()
     lines = log_lines(proxy)
     assert {line.get("process") for line in lines} == {"guardrails"}
     assert any("Uvicorn running" in e for e in events(lines)), events(lines)
+    told = {line.get("event"): line.get("session_id") for line in lines}
+    assert told.get("guardrails_refused") == "guarded-session", told
+    assert told.get("agent_unreachable") == "guarded-session", told

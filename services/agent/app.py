@@ -19,6 +19,7 @@ from services.agent.tasks import TaskRegistry, TurnStreamResponse
 from services.agent.turn import TurnRequest, run_turn
 from shared.config import Settings
 from shared.health import metrics
+from shared.protocols import SESSION_GUID
 from shared.startup import start
 
 log = structlog.get_logger(__name__)
@@ -55,7 +56,7 @@ def create_app(settings: Settings) -> Starlette:
         log.info(
             "agent_turn_started",
             task_id=task_id,
-            session=turn.session.get("guid"),
+            session_id=turn.session.get(SESSION_GUID),
             action=turn.action.type if turn.action else None,
         )
         return TurnStreamResponse(body_iter, task_id, tasks.finish)

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from services.agent.menu import BY_KEY, CURRENCY, SIZES, Pizza, dollars, money
+from shared.protocols import SESSION_GUID
 
 Item = dict[str, Any]
 Session = dict[str, Any]
@@ -104,7 +105,7 @@ def clear(session: Session) -> None:
 def place(session: Session) -> str:
     """Mark every line confirmed and return the new order number."""
     placed = int(session.get("orders_placed") or 0) + 1
-    prefix = re.sub(r"[^A-Za-z0-9]", "", str(session.get("guid") or ""))[:6].upper() or "DEMO"
+    prefix = re.sub(r"[^A-Za-z0-9]", "", str(session.get(SESSION_GUID) or ""))[:6].upper() or "DEMO"
     number = f"{prefix}-{placed}"
     session["order"] = [{**i, "status": "confirmed"} for i in items(session)]
     session["order_status"] = "placed"

@@ -21,7 +21,7 @@ from services.guardrails.proxy import forward
 from services.guardrails.rules import DenyList, Violation, deny_list, last_user_text
 from shared.config import Settings
 from shared.health import metrics
-from shared.protocols import TASK_ID_HEADER, AgentField, sse_event
+from shared.protocols import TASK_ID_HEADER, AgentField, session_id_of, sse_event
 from shared.startup import start
 
 log = structlog.get_logger(__name__)
@@ -29,11 +29,16 @@ log = structlog.get_logger(__name__)
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def _violation(rules: DenyList, body: bytes) -> Violation | None:
+def _parsed(body: bytes) -> object:
     try:
-        parsed = json.loads(body)
+        return json.loads(body)
     except ValueError:
-        return None  # let the agent reject it with its own 400
+        return None  # not JSON: the agent rejects it with its own 400
+
+
+def _violation(rules: DenyList, parsed: object) -> Violation | None:
+    if parsed is None:
+        return None
     # A widget action carries no new user words; re-checking the old message would block
     # every button press after a refused turn.
     if isinstance(parsed, dict) and parsed.get(AgentField.ACTION):
@@ -73,16 +78,20 @@ def create_app(settings: Settings) -> Starlette:
 
     async def proxy(request: Request) -> Response:
         body = await request.body()
+        sid = None
         if request.method == "POST" and request.url.path.rstrip("/") == agent_path:
-            violation = _violation(rules, body)
+            parsed = _parsed(body)
+            sid = session_id_of(parsed)
+            violation = _violation(rules, parsed)
             if violation is not None:
-                log.info("guardrails_refused", rule=violation.rule, match=violation.match)
+                log.info("guardrails_refused", rule=violation.rule, match=violation.match,
+                         session_id=sid)
                 REFUSALS.labels(violation.rule).inc()
                 return _refusal(violation)
         try:
             return await forward(request.app.state.http, agent_url, request, body)
         except httpx.HTTPError as exc:
-            log.warning("agent_unreachable", agent=agent_url, error=repr(exc))
+            log.warning("agent_unreachable", agent=agent_url, error=repr(exc), session_id=sid)
             return JSONResponse({"detail": "agent unavailable"}, status_code=502)
 
     async def healthz(request: Request) -> Response:
