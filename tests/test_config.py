@@ -33,6 +33,15 @@ def test_gateway_refuses_to_start_with_a_bad_setting(env: dict[str, str], expect
     assert "Traceback" not in proc.stderr
 
 
+def test_stt_model_not_on_disk_is_refused_before_loading() -> None:
+    proc = subprocess.run([sys.executable, "-m", "shared.cli", "stt-service"], cwd=ROOT,
+                          env={**os.environ, "STT_MODEL": "bogus", "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "STT_MODEL='bogus' is not available offline" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_unknown_stt_provider_is_refused_with_the_known_ones() -> None:
     proc = subprocess.run([sys.executable, "-m", "shared.cli", "stt-service"], cwd=ROOT,
                           env={**os.environ, "STT_PROVIDER": "bogus"}, capture_output=True,

@@ -90,6 +90,19 @@ def provider_factory(name: str) -> TranscriberFactory:
         raise ValueError(f"unknown STT_PROVIDER {name!r}; known providers: {known}") from None
 
 
+def check_settings(settings: Settings) -> None:
+    """Refuse at once what would only fail once loading starts: an unknown provider, a cloud
+    provider without its key, a local model that is not on disk (ValueError, the reason)."""
+    factory = provider_factory(settings.STT_PROVIDER)
+    missing = settings.missing_provider_key("stt")
+    if missing:
+        raise ValueError(missing)
+    if factory is _faster_whisper:
+        from services.stt.whisper_provider import resolve_model_dir
+
+        resolve_model_dir(settings.stt_model)
+
+
 def load_transcriber(settings: Settings) -> AnyTranscriber:
     """Load and warm the configured transcriber, once per process for the same options.
 

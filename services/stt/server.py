@@ -17,7 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from services.cloud import CLOSE_PROVIDER_FAILED, ProviderError
 from services.stt.audio import duration_s, utterance_problem
 from services.stt.protocols import StreamingTranscriber, Transcriber
-from services.stt.providers import AnyTranscriber, load_transcriber, provider_factory
+from services.stt.providers import AnyTranscriber, check_settings, load_transcriber
 from shared.config import Settings, config_error, load_settings
 from shared.health import health_routes
 from shared.startup import start
@@ -41,15 +41,12 @@ def create_app(settings: Settings | None = None,
                transcriber: AnyTranscriber | None = None) -> Starlette:
     """The STT app. Without ``transcriber`` the configured provider loads during start-up.
 
-    Raises ValueError at once for an unknown ``STT_PROVIDER`` or a cloud provider without its
-    API key, before anything is served.
+    Raises ValueError at once for an unknown ``STT_PROVIDER``, a cloud provider without its
+    API key or a local model that is not on disk, before anything is served.
     """
     settings = settings or load_settings()
     if transcriber is None:
-        provider_factory(settings.STT_PROVIDER)
-        missing = settings.missing_provider_key("stt")
-        if missing:
-            raise ValueError(missing)
+        check_settings(settings)
     state = SttState(transcriber)
 
     @asynccontextmanager
