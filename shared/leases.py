@@ -141,6 +141,9 @@ class LeaseKeeper(threading.Thread):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.alive = False  # the last round reached Redis
+        # A thread starts with an empty context: this one logs with its starter's (the
+        # process name, bound at start).
+        self._context = contextvars.copy_context()
 
     def hold(self, lease: Lease) -> None:
         with self._lock:
@@ -154,14 +157,21 @@ class LeaseKeeper(threading.Thread):
         self._stop.set()
 
     def run(self) -> None:
+        self._context.run(self._renew_until_stopped)
+
+    def _renew_until_stopped(self) -> None:
         period = self.lease_ms / 4000
+        failing = False
         while not self._stop.is_set():
             try:
                 self.renew_once()
-                self.alive = True
+                if failing:
+                    log.info("lease renewal back", stage=self.stage.value)
+                self.alive, failing = True, False
             except Exception as err:  # Redis away: leases run out locally too
-                self.alive = False
-                log.warning("lease renewal failed", stage=self.stage.value, error=str(err))
+                if not failing:  # once per outage, not every period
+                    log.warning("lease renewal failed", stage=self.stage.value, error=str(err))
+                self.alive, failing = False, True
             self._stop.wait(period)
 
     def renew_once(self) -> None:

@@ -6,6 +6,7 @@ proxy once skipped that start and logged readable text to stdout instead."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from shared.config import Settings
 from tests.conftest import TextSystem, make_env
-from tests.harness import Proc, RedisServer
+from tests.harness import Proc, RedisServer, free_port
 
 DB = 13
 
@@ -85,3 +86,15 @@ def test_guardrails_logs_json_lines_naming_it(system: TextSystem) -> None:
     told = {line.get("event"): line.get("session_id") for line in lines}
     assert told.get("guardrails_refused") == "guarded-session", told
     assert told.get("agent_unreachable") == "guarded-session", told
+
+
+def test_a_worker_without_redis_says_so_once_naming_itself(system: TextSystem) -> None:
+    # Its lease keeper, a thread of its own, retries every LEASE_MS / 4: one warning per
+    # outage, with the process's name like every other line.
+    env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "LEASE_MS": "1000"}
+    worker = system.prepare("bridge-no-redis", "agent-bridge", **env).start()
+    time.sleep(4.0)
+    worker.terminate()
+    lines = log_lines(worker)
+    assert {line.get("process") for line in lines} == {"agent-bridge"}
+    assert events(lines).count("lease renewal failed") == 1, events(lines)
